@@ -1,0 +1,1 @@
+"""Transition detectors: the paper's offline heuristics, online alarms, change points, curvature."""

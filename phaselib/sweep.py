@@ -1,0 +1,105 @@
+"""A study's runs: expand parameters into run configs, train what is missing, summarise.
+
+The run store makes every sweep resumable: a run is trained only if its config hash is not
+stored, and each finished run is stored at once, atomically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .detect.offline import Analysis, Settings, analyse
+from .models import LAYERS
+from .params import StudyParams
+from .record import RunRecord
+from .store import RunStore
+
+GROUPS: tuple[str, ...] = ("primary", "variance", "long")
+
+
+def study_groups(p: StudyParams) -> dict[str, list[RunConfig]]:
+    """The runs of each sweep of a study, in a stable order (task, operation, frac, seed)."""
+    groups: dict[str, list[RunConfig]] = {}
+    def grid(tasks, ops, fracs, seeds, epochs) -> list[RunConfig]:
+        out = []
+        for task in tasks:
+            for op in (ops if task == "modular" else ("add",)):
+                for frac in fracs:
+                    for seed in seeds:
+                        out.append(p.run_config(task=task, operation=op, frac=frac, seed=seed, epochs=epochs))
+        return out
+    groups["primary"] = grid(p.primary_tasks, p.primary_operations, p.primary_fracs, p.primary_seeds, p.primary_epochs)
+    groups["variance"] = grid(p.variance_tasks, p.variance_operations, p.variance_fracs, p.variance_seeds,
+                              p.variance_epochs)
+    groups["long"] = (grid(("modular",), p.primary_operations, p.long_fracs, p.long_seeds, p.long_epochs)
+                      if p.long_epochs else [])
+    return groups
+
+
+def all_configs(groups: dict[str, list[RunConfig]]) -> list[RunConfig]:
+    """Every distinct config of a study, in group order (a run shared by two groups once)."""
+    seen: dict[str, RunConfig] = {}
+    for cfgs in groups.values():
+        for c in cfgs:
+            seen.setdefault(c.key, c)
+    return list(seen.values())
+
+
+def settings_of(p: StudyParams) -> Settings:
+    return Settings(window=p.sg_window, order=p.sg_order, skip_frac=p.skip_frac, threshold=p.threshold,
+                    max_lag=p.xcorr_max_lag)
+
+
+def analyse_record(record: RunRecord, settings: Settings = Settings()) -> Analysis:
+    """The paper's analysis of one stored run."""
+    metric = record.series("test_metric")
+    grads = {l: record.series("grad_norm", l).to_numpy() for l in LAYERS}
+    return analyse(metric.index.to_numpy(), grads, metric.to_numpy(), settings)
+
+
+def summary_row(record: RunRecord, settings: Settings = Settings(), group: str = "") -> dict:
+    """One row of ``summary.csv``: the run's identity, the paper's numbers and the verdict."""
+    c = record.config
+    a = analyse_record(record, settings)
+    row = {
+        "group": group, "run": c.key, "task": c.task, "operation": c.operation or "", "modulus": c.modulus,
+        "frac": c.frac, "seed": c.seed, "epochs": c.epochs,
+        "gnorm_peak_epoch": a.gnorm_peak_epoch, "metric_transition_epoch": a.metric_transition_epoch,
+        "lag": a.lag, "generalised": a.generalised, "verdict": a.verdict,
+        "generalisation_epoch": a.generalisation_epoch,
+        "final_train_metric": float(record.series("train_metric").iloc[-1]),
+        "final_test_metric": float(record.series("test_metric").iloc[-1]),
+        "pearson_r": a.pearson_r, "pearson_p": a.pearson_p, "xcorr_lag": a.xcorr_lag,
+    }
+    for l in LAYERS:
+        row[f"{l}_peak_epoch"] = a.layer_peak_epochs[l]
+        row[f"{l}_lag"] = a.layer_lags[l]
+    row["wall_time_s"] = float(record.meta.get("wall_time_s", np.nan))
+    row["engine"] = record.meta.get("engine", "")
+    return row
+
+
+def summarise(store: RunStore, groups: dict[str, list[RunConfig]], settings: Settings = Settings()) -> pd.DataFrame:
+    """Summary rows of every run of every group, read from the store."""
+    rows = []
+    cache: dict[str, RunRecord] = {}
+    for g, cfgs in groups.items():
+        for c in cfgs:
+            rec = cache.get(c.key) or cache.setdefault(c.key, store.get(c))
+            rows.append(summary_row(rec, settings, g))
+    return pd.DataFrame(rows)
+
+
+def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "local", progress: bool = True,
+                **executor_kw) -> list[str]:
+    """Train the configs not yet stored, storing each as it finishes; returns the trained keys."""
+    from .executors import run
+
+    todo = store.missing(configs)
+    if not todo:
+        return []
+    return run(executor, todo, store, progress=progress, **executor_kw)
