@@ -60,14 +60,21 @@ def smooth(x: np.ndarray, window: int = SG_WINDOW, order: int = SG_ORDER) -> np.
     return savgol_filter(x, w, min(order, w - 1))
 
 
+def _first_max(x: np.ndarray) -> int:
+    """Earliest index whose value ties the maximum to 1e-9 relative (rounding in the filter
+    must not turn a flat stretch into a spurious late peak)."""
+    top = x.max()
+    return int(np.flatnonzero(x >= top - 1e-9 * max(1.0, abs(top)))[0])
+
+
 def peak_index(x: np.ndarray, skip_frac: float = SKIP_FRAC, **smooth_kw) -> int:
     """Index of the maximum of the smoothed series, ignoring the first ``skip_frac`` of it.
 
-    Ties go to the earliest index (numpy's argmax).
+    Ties go to the earliest index.
     """
     s = smooth(x, **smooth_kw)
     skip = min(int(len(s) * skip_frac), len(s) - 1)
-    return skip + int(np.argmax(s[skip:]))
+    return skip + _first_max(s[skip:])
 
 
 def steepest_increase_index(x: np.ndarray, **smooth_kw) -> int:
@@ -79,7 +86,7 @@ def steepest_increase_index(x: np.ndarray, **smooth_kw) -> int:
     s = smooth(x, **smooth_kw)
     if len(s) < 2:
         return 0
-    return int(np.argmax(np.gradient(s)))
+    return _first_max(np.gradient(s))
 
 
 def generalisation_epoch(metric: np.ndarray, threshold: float = THRESHOLD) -> int | None:
@@ -106,7 +113,8 @@ def xcorr_lag(grad: np.ndarray, metric: np.ndarray, max_lag: int = XCORR_MAX_LAG
               **smooth_kw) -> tuple[int, float]:
     """Lag (samples) maximising |corr| between the z-scored derivatives of the smoothed signals.
 
-    corr(k) = mean_t z_g[t] * z_m[t + k] over the overlap, for |k| <= min(max_lag, n // 2);
+    corr(k) = (1/n) sum_t z_g[t] * z_m[t + k] over the overlap (the standard biased estimator,
+    which does not favour long lags), for |k| <= min(max_lag, n // 2);
     positive k means the metric's change follows the gradient's (the gradient leads). Ties in
     |corr| (to 1e-12) go to the smallest |k|, then to the positive k.
     """
@@ -119,7 +127,7 @@ def xcorr_lag(grad: np.ndarray, metric: np.ndarray, max_lag: int = XCORR_MAX_LAG
     best_k, best_c = 0, -np.inf
     best_signed = 0.0
     for k in sorted(range(-lim, lim + 1), key=lambda k: (abs(k), -k)):
-        c = float(np.mean(g[: n - k] * m[k:])) if k >= 0 else float(np.mean(g[-k:] * m[: n + k]))
+        c = float(np.dot(g[: n - k], m[k:])) / n if k >= 0 else float(np.dot(g[-k:], m[: n + k])) / n
         if abs(c) > best_c + 1e-12:
             best_k, best_c, best_signed = k, abs(c), c
     return best_k, best_signed
