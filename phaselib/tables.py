@@ -81,3 +81,18 @@ def tables_markdown(summary: pd.DataFrame) -> str:
         "## Table 1: primary sweep", "", _fmt(t1), "",
         "## Table 2: seed variance of the lag (epochs)", "", _fmt(t2), "",
     ])
+
+
+def adjacent_overlaps(t2: pd.DataFrame) -> pd.DataFrame:
+    """For each operation, whether the mean-lag CIs of neighbouring fractions overlap.
+
+    Overlapping intervals mean the seeds do not separate the two fractions' mean lags.
+    """
+    rows = []
+    for op, g in t2.groupby("operation"):
+        g = g.sort_values("frac")
+        for a, b in zip(g.itertuples(), g.iloc[1:].itertuples()):
+            if np.isfinite([a.ci_low, a.ci_high, b.ci_low, b.ci_high]).all():
+                rows.append({"operation": op, "frac_a": a.frac, "frac_b": b.frac,
+                             "overlap": bool(a.ci_low <= b.ci_high and b.ci_low <= a.ci_high)})
+    return pd.DataFrame(rows, columns=["operation", "frac_a", "frac_b", "overlap"])

@@ -1,0 +1,34 @@
+# phaselib: the two commands.
+#   make study   set up, then run the full study (params/paper.yaml) -> results/paper
+#   make test    set up, then run the test suite and the nbval notebook checks
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PARAMS ?= params/paper.yaml
+OUT    ?= results/paper
+
+.PHONY: setup study sweep test bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,dask]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (phaselib)" >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+study: setup
+	$(VENV)/bin/phaselib study --params $(PARAMS) --out $(OUT)
+
+sweep: setup
+	$(VENV)/bin/phaselib sweep --params $(PARAMS) --out $(OUT)
+
+test: setup
+	$(PY) -m pytest tests --nbval-lax notebooks -p no:cacheprovider
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py --json results/bench/train_throughput.json
+	$(PY) benchmarks/hessian.py --json results/bench/hessian.json
+
+clean:
+	rm -rf $(VENV) results

@@ -1,0 +1,41 @@
+"""Small conveniences the notebooks call, so that they narrate rather than compute."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from .config import RunConfig
+from .outputs import store_path
+from .params import StudyParams
+from .store import RunStore
+from .sweep import run_missing, study_groups
+
+
+def show(df: pd.DataFrame, floatfmt: str = ".3g", name: str | None = None, out_dir: str | None = None) -> None:
+    """Render a table as Markdown with stable rounding; optionally save it as CSV and Markdown."""
+    md = df.to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+    if name and out_dir:
+        d = Path(out_dir) / "tables"
+        d.mkdir(parents=True, exist_ok=True)
+        df.to_csv(d / f"{name}.csv", index=False)
+        (d / f"{name}.md").write_text(md + "\n")
+    display(Markdown(md))
+
+
+def say(text: str) -> None:
+    """Display computed prose (every number in it comes from this run)."""
+    display(Markdown(text))
+
+
+def open_store(p: StudyParams) -> RunStore:
+    return RunStore(store_path(p.out_dir))
+
+
+def ensure(p: StudyParams, group: str, progress: bool = True) -> tuple[RunStore, list[RunConfig]]:
+    """The store and the configs of one sweep group, training any run not yet stored."""
+    store = open_store(p)
+    configs = study_groups(p)[group]
+    run_missing(configs, store, progress=progress)
+    return store, configs

@@ -1,0 +1,148 @@
+"""Figures of the study, each from the tidy record and the analysis; labelled, with units."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .detect.offline import Analysis, Settings, smooth
+from .models import LAYERS
+from .record import RunRecord
+
+LAYER_COLOURS = {"fc1": "tab:blue", "fc2": "tab:orange", "all": "black"}
+
+
+def save(fig: plt.Figure, out_dir: str | Path | None, name: str) -> Path | None:
+    """Save a figure as ``out_dir/figures/name.png`` (deterministic metadata), if out_dir is set."""
+    if out_dir is None:
+        return None
+    path = Path(out_dir) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def metric_label(record: RunRecord) -> str:
+    return "test R² (1)" if record.config.task == "regression" else "test accuracy (fraction)"
+
+
+def run_overlay(record: RunRecord, analysis: Analysis, settings: Settings = Settings(), ax: plt.Axes | None = None,
+                smoothed: bool = True) -> plt.Axes:
+    """Per-layer and combined gradient norms with the test metric; detected epochs marked."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.6))
+    sk = {"window": settings.window, "order": settings.order}
+    for layer in (*LAYERS, "all"):
+        s = record.series("grad_norm", layer)
+        y = smooth(s.to_numpy(), **sk) if smoothed else s.to_numpy()
+        ax.plot(s.index, y, color=LAYER_COLOURS[layer], lw=1.6 if layer == "all" else 1.0,
+                label="combined" if layer == "all" else layer)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("gradient L2 norm" + (" (smoothed)" if smoothed else ""))
+    ax2 = ax.twinx()
+    m = record.series("test_metric")
+    ax2.plot(m.index, m.to_numpy(), color="tab:green", lw=1.2, label="test metric")
+    ax2.set_ylabel(metric_label(record), color="tab:green")
+    ax2.set_ylim(-0.05, 1.05)
+    ax.axvline(analysis.gnorm_peak_epoch, color="black", ls="--", lw=1, label=f"grad peak {analysis.gnorm_peak_epoch}")
+    ax.axvline(analysis.metric_transition_epoch, color="tab:green", ls=":", lw=1.4,
+               label=f"steepest metric rise {analysis.metric_transition_epoch}")
+    if analysis.generalisation_epoch is not None:
+        ax.axvline(analysis.generalisation_epoch, color="tab:red", ls="-.", lw=1,
+                   label=f"generalised (≥{settings.threshold:g}) {analysis.generalisation_epoch}")
+    title = f"{record.config.label}: lag {analysis.lag} epochs"
+    ax.set_title(title + ("" if analysis.generalised else " (did not generalise)"), fontsize=10)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    return ax
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    lo, hi = np.nanmin(x), np.nanmax(x)
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def summary_grid(records: Sequence[RunRecord], analyses: Sequence[Analysis], settings: Settings = Settings(),
+                 ncols: int = 3) -> plt.Figure:
+    """All runs side by side: min-max normalised smoothed gradient norm and test metric."""
+    n = len(records)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.4 * nrows), squeeze=False, sharey=True)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    for ax, rec, a in zip(axes.ravel(), records, analyses):
+        g = rec.series("grad_norm")
+        m = rec.series("test_metric")
+        ax.plot(g.index, _norm(smooth(g.to_numpy(), settings.window, settings.order)), color="black", lw=1,
+                label="grad norm")
+        ax.plot(m.index, _norm(m.to_numpy()), color="tab:green", lw=1, label="test metric")
+        ax.axvline(a.gnorm_peak_epoch, color="black", ls="--", lw=0.8)
+        ax.axvline(a.metric_transition_epoch, color="tab:green", ls=":", lw=0.8)
+        ax.set_title(f"{rec.config.label}\nlag {a.lag}" + ("" if a.generalised else ", no gen."), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("normalised (0-1)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lag_bars(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """Lag per run (epochs); hatched bars did not generalise, so their lag is no finding."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{r.task[:3]} {r.operation or ''} {r.frac:.0%} s{r.seed}".replace("  ", " ") for r in summary.itertuples()]
+    colours = ["tab:blue" if t == "modular" else "tab:grey" for t in summary["task"]]
+    bars = ax.bar(range(len(summary)), summary["lag"], color=colours)
+    for b, gen in zip(bars, summary["generalised"]):
+        if not gen:
+            b.set_hatch("//")
+            b.set_alpha(0.5)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(summary)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("lag = metric transition − grad peak (epochs)")
+    ax.set_title("Gradient-peak lead per run (hatched: did not generalise)", fontsize=10)
+    return ax
+
+
+def weight_norms(records: Sequence[RunRecord], ax: plt.Axes | None = None) -> plt.Axes:
+    """Total weight L2 norm over training, one line per run."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.2))
+    for rec in records:
+        w = rec.series("weight_norm")
+        ax.plot(w.index, w.to_numpy(), lw=1, label=rec.config.label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weight L2 norm (all layers)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Weight norms: weight decay shrinks the memorising solution", fontsize=10)
+    return ax
+
+
+def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """Lags per fraction: one dot per seed (hollow: did not generalise), mean with bootstrap CI."""
+    from .tables import bootstrap_ci
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.4))
+    fracs = sorted(summary["frac"].unique())
+    for i, f in enumerate(fracs):
+        g = summary[summary["frac"] == f]
+        jitter = np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else np.zeros(1)
+        gen = g["generalised"].astype(bool).to_numpy()
+        ax.scatter(i + jitter[gen], g["lag"].to_numpy()[gen], color="tab:blue", s=18, zorder=3)
+        ax.scatter(i + jitter[~gen], g["lag"].to_numpy()[~gen], facecolors="none", edgecolors="tab:blue", s=18, zorder=3)
+        mean = g["lag"].mean()
+        lo, hi = bootstrap_ci(g["lag"].to_numpy())
+        ax.errorbar(i + 0.25, mean, yerr=[[mean - lo], [hi - mean]] if np.isfinite(lo) else None, fmt="s",
+                    color="black", capsize=3, ms=4)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(fracs)), [f"{f:.0%}" for f in fracs])
+    ax.set_xlabel("training fraction")
+    ax.set_ylabel("lag (epochs)")
+    ax.set_title("Lag per seed (hollow: did not generalise); mean ± bootstrap 95% CI", fontsize=10)
+    return ax
