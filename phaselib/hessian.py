@@ -1,0 +1,436 @@
+"""Curvature signals from Hessian-vector products: extreme eigenvalues, trace, spectral density.
+
+Everything works matrix-free on a :class:`HessianOp`, a symmetric linear operator on a flat
+parameter vector. :func:`hessian_operator` builds one for an ``nn.Module`` and a batch of data
+via ``torch.func`` (forward-over-reverse: ``jvp`` of ``grad``), either for all parameters or for
+one layer's block of the Hessian (the block-diagonal, per-layer version).
+
+Eigenvalues come from Lanczos with full reorthogonalisation (:func:`lanczos_extreme`). Lanczos
+is shift-invariant (the Krylov space of ``H - sigma I`` equals that of ``H``), so a spectral
+shift buys nothing here; it only helps power iteration. Both ends of the spectrum come out of
+one Krylov space; what makes tracking cheap is the warm start from the previous probe's vector.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import numpy as np
+from scipy.linalg import eigh_tridiagonal
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, linearize, vjp
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Which = Literal["max", "min"]
+
+
+def task_loss(task: str) -> LossFn:
+    """The training loss of a task (mean reduction): cross-entropy for modular, MSE for regression."""
+    if task == "modular":
+        return F.cross_entropy
+    if task == "regression":
+        return F.mse_loss
+    raise ValueError(f"task: {task!r} is not one of ['modular', 'regression']")
+
+
+# --------------------------------------------------------------------------------------------
+# The operator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HessianOp:
+    """A symmetric linear operator ``v -> H v`` on flat vectors of length ``dim``.
+
+    ``gradient`` is the flat loss gradient at the expansion point when the operator comes from a
+    model (it is a by-product of forward-over-reverse), ``names`` the parameters in flat order.
+    """
+
+    matvec: Callable[[Tensor], Tensor]
+    dim: int
+    dtype: torch.dtype
+    device: torch.device
+    gradient: Tensor | None = None
+    names: tuple[str, ...] = ()
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self.matvec(v)
+
+
+def param_names(model: nn.Module, layer: str | None = None) -> tuple[str, ...]:
+    """Names of the parameters of ``layer`` (``"fc1"`` -> ``fc1.weight``, ``fc1.bias``), or all if None."""
+    names = tuple(n for n, _ in model.named_parameters() if layer is None or n.split(".")[0] == layer)
+    if not names:
+        raise ValueError(f"layer: {layer!r} has no parameters in this model")
+    return names
+
+
+def flat_params(model: nn.Module, names: tuple[str, ...]) -> Tensor:
+    """The named parameters, detached and concatenated into one flat vector."""
+    params = dict(model.named_parameters())
+    return torch.cat([params[n].detach().reshape(-1) for n in names])
+
+
+def _flat_loss(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+               names: tuple[str, ...]) -> Callable[[Tensor], Tensor]:
+    """``theta -> loss(model with the named params set from flat theta, others fixed)``."""
+    params = dict(model.named_parameters())
+    fixed = {n: p.detach() for n, p in params.items() if n not in names}  # no autograd graph
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+
+    def loss_of(theta: Tensor) -> Tensor:
+        chunks = theta.split(sizes)
+        new = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        return loss_fn(functional_call(model, {**fixed, **new}, (x,)), y)
+
+    return loss_of
+
+
+HVP_METHODS: tuple[str, ...] = ("vjp", "linearize", "jvp")
+
+
+def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, layer: str | None = None,
+                     *, method: str = "vjp") -> HessianOp:
+    """Hessian of ``loss_fn(model(x), y)`` w.r.t. all parameters, or one layer's diagonal block.
+
+    ``H v`` is the derivative of ``g = torch.func.grad(L)`` at theta in direction v, by one of:
+    ``"jvp"`` forward-over-reverse, ``jvp(g, theta, v)``, redoing the primal forward and
+    backward on every call; ``"linearize"`` the same map traced once (``torch.func.linearize``),
+    cheap per call but ~20 products' worth of tracing; ``"vjp"`` reverse-over-reverse with the
+    graph of g kept (``torch.func.vjp(g, theta)``; H is symmetric so vjp = jvp). Measured on the
+    mod-97 model (benchmarks/hessian.py): vjp ~ linearize per product, 2-3x faster than jvp,
+    with no tracing cost, hence the default. The model's parameters are read, never changed.
+    """
+    names = param_names(model, layer)
+    theta = flat_params(model, names)
+    g_fn = grad(_flat_loss(model, loss_fn, x, y, names))
+    if method == "vjp":
+        gradient, pullback = vjp(g_fn, theta)
+
+        def matvec(v: Tensor) -> Tensor:
+            return pullback(v)[0]
+    elif method == "linearize":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.fx const-folding chatter, harmless
+            gradient, matvec = linearize(g_fn, theta)
+    elif method == "jvp":
+        gradient = g_fn(theta)
+
+        def matvec(v: Tensor) -> Tensor:
+            return jvp(g_fn, (theta,), (v,))[1]
+    else:
+        raise ValueError(f"method: {method!r} is not one of {list(HVP_METHODS)}")
+    return HessianOp(matvec=matvec, dim=theta.numel(), dtype=theta.dtype, device=theta.device,
+                     gradient=gradient.detach(), names=names)
+
+
+def matrix_operator(a: Tensor) -> HessianOp:
+    """A dense symmetric matrix as a :class:`HessianOp` (analytic test cases, small models)."""
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"a: shape {tuple(a.shape)} is not square")
+    return HessianOp(matvec=lambda v: a @ v, dim=a.shape[0], dtype=a.dtype, device=a.device)
+
+
+def dense_hessian(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, layer: str | None = None) -> Tensor:
+    """The full (dim x dim) Hessian by ``torch.func.hessian``: ground truth for small models only."""
+    names = param_names(model, layer)
+    h = torch.func.hessian(_flat_loss(model, loss_fn, x, y, names))(flat_params(model, names))
+    return (h + h.T) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Eigen:
+    """One eigenpair estimate of H.
+
+    ``residual`` = ||H v - value v|| for the unit vector v (computed explicitly). By Bauer-Fike
+    some eigenvalue lies within ``residual`` of ``value``; ``error_bound`` = min(residual,
+    residual^2 / gap) with gap the distance to the nearest other Ritz value (Kato-Temple style
+    estimate, Parlett, The Symmetric Eigenvalue Problem, ch. 11), the expected eigenvalue error.
+    ``converged`` means ``error_bound <= tol * max(|value|, eps * ||H||)``.
+    """
+
+    value: float
+    vector: Tensor = field(repr=False)
+    residual: float
+    converged: bool
+    iterations: int
+    error_bound: float = math.nan
+
+
+def _random_unit(dim: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """A Gaussian random unit vector drawn on CPU from ``generator`` (reproducible across devices)."""
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
+    return (v / v.norm()).to(device=device, dtype=dtype)
+
+
+def _ritz_pairs(alpha: np.ndarray, beta: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values lo..hi (ascending, inclusive) of the Lanczos tridiagonal and T's eigenvectors."""
+    if len(alpha) == 1:
+        return alpha.astype(np.float64), np.ones((1, 1))
+    return eigh_tridiagonal(alpha, beta[: len(alpha) - 1], select="i", select_range=(lo, hi))
+
+
+def _edge(alpha: np.ndarray, beta: np.ndarray, end: str) -> tuple[float, np.ndarray, float]:
+    """(theta, s, gap) for the lowest (``end="min"``) or highest Ritz pair; gap to its neighbour."""
+    k = len(alpha)
+    if k == 1:
+        return float(alpha[0]), np.ones(1), 0.0  # no neighbour yet: fall back to the residual
+    lo, hi = (0, 1) if end == "min" else (k - 2, k - 1)
+    theta, s = _ritz_pairs(alpha, beta, lo, hi)
+    i = 0 if end == "min" else 1
+    return float(theta[i]), s[:, i], float(abs(theta[1] - theta[0]))
+
+
+def _error_bound(residual: float, gap: float) -> float:
+    """min(r, r^2 / gap): Bauer-Fike, and the Kato-Temple style gap estimate (Parlett ch. 11)."""
+    return min(residual, residual * residual / gap) if gap > 0 else residual
+
+
+def _target(theta: float, tol: float, norm_est: float, dtype: torch.dtype) -> float:
+    """Absolute error target: tol * |theta|, floored at tol * eps * ||H|| (the precision of H v)."""
+    return tol * max(abs(theta), torch.finfo(dtype).eps * norm_est)
+
+
+def lanczos_tridiag(op: HessianOp, v0: Tensor, steps: int, *,
+                    stop: Callable[[np.ndarray, np.ndarray], bool] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, Tensor]:
+    """Lanczos with full reorthogonalisation (classical Gram-Schmidt, twice) from ``v0``.
+
+    Returns ``(alpha (k,), beta (k,), V (k, dim))`` with V orthonormal rows and
+    ``H V^T = V^T T + beta[k-1] v_k e_k^T`` (T tridiagonal from alpha and beta[:k-1]). Stops
+    early on breakdown (an invariant subspace: T's eigenvalues are then exact) or when
+    ``stop(alpha, beta)`` is true. One host sync per step (the breakdown test precedes the
+    division); alpha and beta live on the host, the basis on the operator's device.
+    """
+    n = op.dim
+    steps = max(1, min(steps, n))
+    basis = torch.zeros(steps + 1, n, dtype=op.dtype, device=op.device)
+    alpha = np.zeros(steps)
+    beta = np.zeros(steps)
+    basis[0] = v0 / v0.norm()
+    scale = 0.0
+    k = 0
+    for j in range(steps):
+        q = basis[j]
+        w = op(q)
+        a = torch.dot(q, w)
+        for _ in range(2):  # CGS2: full reorthogonalisation against every previous vector
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        b = w.norm()
+        alpha[j], beta[j] = float(a), float(b)
+        k = j + 1
+        scale = max(scale, abs(alpha[j]) + beta[j])
+        if not beta[j] > 10 * torch.finfo(op.dtype).eps * scale:  # also catches NaN
+            break
+        basis[j + 1] = w / b
+        if stop is not None and stop(alpha[:k], beta[:k]):
+            break
+    return alpha[:k], beta[:k], basis[:k]
+
+
+def lanczos_extreme(op: HessianOp, which: Literal["max", "min", "both"] = "max", v0: Tensor | None = None, *,
+                    tol: float = 1e-4, max_iter: int = 300,
+                    generator: torch.Generator | None = None) -> Eigen | tuple[Eigen, Eigen]:
+    """Extreme eigenpair(s) of H by Lanczos: ``"max"``, ``"min"`` or ``"both"`` as (min, max).
+
+    Stops once every wanted Ritz value has ``min(r, r^2/gap) <= tol * |theta|`` (see
+    :class:`Eigen`) or after ``max_iter`` products. ``v0`` warm-starts (e.g. the previous probe's
+    vector; for ``"both"`` the sum of the two previous vectors); else a random start from
+    ``generator``. Costs ``iterations + 1`` products per returned pair (one explicit residual).
+    """
+    if which not in ("max", "min", "both"):
+        raise ValueError(f"which: {which!r} is not one of ['max', 'min', 'both']")
+    if max_iter < 1:
+        raise ValueError(f"max_iter: {max_iter} is out of range (need >= 1)")
+    if v0 is None or not bool(torch.isfinite(v0).all()) or float(v0.norm()) == 0.0:
+        v0 = _random_unit(op.dim, op.dtype, op.device, generator)
+    v0 = v0.detach().to(device=op.device, dtype=op.dtype)
+    ends = ["min", "max"] if which == "both" else [which]
+
+    def norm_est(alpha: np.ndarray, beta: np.ndarray) -> float:
+        return float(np.abs(alpha).max() + 2 * np.abs(beta).max())  # Gershgorin bound on ||T||
+
+    def done(alpha: np.ndarray, beta: np.ndarray) -> bool:
+        scale = norm_est(alpha, beta)
+        for end in ends:
+            theta, s, gap = _edge(alpha, beta, end)
+            r = abs(beta[-1] * s[-1])
+            if _error_bound(r, gap) > _target(theta, tol, scale, op.dtype):
+                return False
+        return True
+
+    alpha, beta, basis = lanczos_tridiag(op, v0, max_iter, stop=done)
+    scale = norm_est(alpha, beta)
+    out = []
+    for end in ends:
+        theta, s, gap = _edge(alpha, beta, end)
+        vec = torch.as_tensor(s, dtype=op.dtype, device=op.device) @ basis
+        vec = vec / vec.norm()
+        r = float((op(vec) - theta * vec).norm())
+        err = _error_bound(r, gap)
+        out.append(Eigen(value=theta, vector=vec, residual=r, error_bound=err, iterations=len(alpha),
+                         converged=err <= _target(theta, tol, scale, op.dtype)))
+    return out[0] if len(out) == 1 else (out[0], out[1])
+
+
+def lambda_max(op: HessianOp, v0: Tensor | None = None, **kw) -> Eigen:
+    """Largest eigenvalue of H (Lanczos, see :func:`lanczos_extreme` for the options)."""
+    return lanczos_extreme(op, "max", v0, **kw)
+
+
+def lambda_min(op: HessianOp, v0: Tensor | None = None, **kw) -> Eigen:
+    """Smallest (most negative) eigenvalue of H (Lanczos; warm-start it with ``v0``)."""
+    return lanczos_extreme(op, "min", v0, **kw)
+
+
+def eigsh_extreme(op: HessianOp, which: Which = "max", v0: Tensor | None = None, *, tol: float = 1e-4,
+                  max_iter: int = 300, ncv: int | None = None,
+                  generator: torch.Generator | None = None) -> Eigen:
+    """The same eigenpair by ARPACK (``scipy.sparse.linalg.eigsh`` on a ``LinearOperator``).
+
+    Implicitly restarted Lanczos; kept as the measured alternative to :func:`lanczos_extreme`
+    (benchmarks/hessian.py). ARPACK's test is ``||r|| <= tol * |theta|``; it round-trips every
+    product through NumPy on the host.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    count = [0]
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        v = torch.as_tensor(np.asarray(x).reshape(-1), dtype=op.dtype, device=op.device)
+        return op(v).detach().cpu().numpy().astype(np.float64)
+
+    if v0 is None:
+        v0 = _random_unit(op.dim, op.dtype, op.device, generator)
+    lin = LinearOperator((op.dim, op.dim), matvec=mv, dtype=np.float64)
+    try:
+        vals, vecs = eigsh(lin, k=1, which="LA" if which == "max" else "SA", tol=tol,
+                           v0=v0.detach().double().cpu().numpy(), ncv=ncv, maxiter=max_iter)
+        converged = True
+    except ArpackNoConvergence as exc:
+        vals, vecs, converged = exc.eigenvalues, exc.eigenvectors, False
+        if len(vals) == 0:
+            return Eigen(math.nan, torch.zeros(op.dim, dtype=op.dtype, device=op.device), math.nan, False, count[0])
+    vec = torch.as_tensor(vecs[:, 0], dtype=op.dtype, device=op.device)
+    value = float(vals[0])
+    r = float((op(vec) - value * vec).norm())
+    return Eigen(value=value, vector=vec, residual=r, converged=converged, iterations=count[0], error_bound=r)
+
+
+# --------------------------------------------------------------------------------------------
+# Trace and spectral density
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic trace estimate with its standard error (``stderr``) and cost in products."""
+
+    value: float
+    stderr: float
+    n_probes: int
+    method: str = "hutchinson"
+
+
+def _rademacher(k: int, dim: int, dtype: torch.dtype, device: torch.device,
+                generator: torch.Generator | None) -> Tensor:
+    """k Rademacher (+-1) vectors, drawn on CPU from ``generator``."""
+    z = torch.randint(0, 2, (k, dim), generator=generator, dtype=torch.int8).to(dtype) * 2 - 1
+    return z.to(device)
+
+
+def _apply_rows(op: HessianOp, vs: Tensor) -> Tensor:
+    """H applied to each row of ``vs``."""
+    return torch.stack([op(v) for v in vs]) if len(vs) else vs
+
+
+def hutchinson_trace(op: HessianOp, n_probes: int = 30, *, generator: torch.Generator | None = None) -> TraceEstimate:
+    """tr(H) ~ mean_i z_i^T H z_i, z_i Rademacher (Hutchinson 1989); stderr = sd / sqrt(n).
+
+    Unbiased; the variance of one sample is 2 (||H||_F^2 - sum_i H_ii^2).
+    """
+    if n_probes < 2:
+        raise ValueError(f"n_probes: {n_probes} is out of range (need >= 2 for a standard error)")
+    z = _rademacher(n_probes, op.dim, op.dtype, op.device, generator)
+    samples = (z * _apply_rows(op, z)).sum(1).double()
+    return TraceEstimate(value=float(samples.mean()), stderr=float(samples.std() / math.sqrt(n_probes)),
+                         n_probes=n_probes, method="hutchinson")
+
+
+def hutchpp_trace(op: HessianOp, n_matvecs: int = 30, *, generator: torch.Generator | None = None) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): exact trace on a sketched top subspace + Hutchinson on the rest.
+
+    With k = n_matvecs // 3: Q = orth(H S) for k Rademacher S; tr(H) = tr(Q^T H Q) +
+    tr((I - QQ^T) H (I - QQ^T)), the second by Hutchinson on n - 2k probes. stderr is that
+    Hutchinson part's. Pays when a few large eigenvalues dominate ||H||_F.
+    """
+    k = n_matvecs // 3
+    m = n_matvecs - 2 * k
+    if k < 1 or m < 2:
+        raise ValueError(f"n_matvecs: {n_matvecs} is out of range (need >= 5)")
+    s = _rademacher(k, op.dim, op.dtype, op.device, generator)
+    q, _ = torch.linalg.qr(_apply_rows(op, s).T)  # (dim, k)
+    q = q.T
+    top = float((q * _apply_rows(op, q)).sum().double())
+    g = _rademacher(m, op.dim, op.dtype, op.device, generator)
+    g = g - (g @ q.T) @ q
+    samples = (g * _apply_rows(op, g)).sum(1).double()
+    return TraceEstimate(value=top + float(samples.mean()), stderr=float(samples.std() / math.sqrt(m)),
+                         n_probes=n_matvecs, method="hutch++")
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature (Ubaru, Chen, Saad 2017; Ghorbani et al. 2019).
+
+    For each of ``nodes.shape[0]`` random unit vectors v, an m-step Lanczos gives Ritz values
+    theta_j (``nodes``) and weights tau_j^2 (``weights``, squared first components of T's
+    eigenvectors), so that v^T f(H) v ~ sum_j tau_j^2 f(theta_j). The density is their average,
+    smoothed by a Gaussian; weights sum to 1 per vector.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    dim: int
+
+    def density(self, grid: Tensor, sigma: float) -> Tensor:
+        """Spectral density at ``grid``: mean over vectors of sum_j tau_j^2 N(grid; theta_j, sigma^2)."""
+        g = grid.double().reshape(-1, 1, 1)
+        kern = torch.exp(-0.5 * ((g - self.nodes.double()) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        return (kern * self.weights.double()).sum(-1).mean(-1)
+
+    def trace(self) -> float:
+        """tr(H) = dim * E[v^T H v] for unit v, from the quadrature."""
+        return float(self.dim * (self.weights.double() * self.nodes.double()).sum(-1).mean())
+
+
+def spectral_density(op: HessianOp, n_vectors: int = 4, steps: int = 60, *,
+                     generator: torch.Generator | None = None) -> SpectralDensity:
+    """Stochastic Lanczos quadrature nodes and weights from ``n_vectors`` Rademacher starts."""
+    nodes, weights = [], []
+    steps = min(steps, op.dim)
+    for z in _rademacher(n_vectors, op.dim, op.dtype, op.device, generator):
+        alpha, beta, _ = lanczos_tridiag(op, z, steps)
+        theta, s = _ritz_pairs(alpha, beta, 0, len(alpha) - 1)
+        theta, s = torch.as_tensor(theta), torch.as_tensor(s)
+        pad = steps - len(theta)  # breakdown: pad with zero-weight nodes so vectors stack
+        nodes.append(torch.cat([theta, theta.new_zeros(pad)]))
+        weights.append(torch.cat([s[0] ** 2, theta.new_zeros(pad)]))
+    return SpectralDensity(nodes=torch.stack(nodes), weights=torch.stack(weights), dim=op.dim)
+
+
+def grad_eig_cosine(gradient: Tensor, vector: Tensor) -> float:
+    """|cos| between the gradient and an eigenvector (the sign of an eigenvector is arbitrary)."""
+    denom = float(gradient.norm() * vector.norm())
+    return float((gradient @ vector).abs()) / denom if denom > 0 else math.nan
