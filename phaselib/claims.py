@@ -1,0 +1,169 @@
+"""The paper's claims, each judged against a sweep's summary with a figure, a CI and a verdict.
+
+Verdicts: ``holds``, ``holds partly``, ``does not hold``, or ``not testable`` (no run to judge
+it on). Only runs that generalised carry a lag that counts (PROTOCOL.md section 3); the others
+are reported beside, never folded in.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import published
+from .tables import bootstrap_ci
+
+HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str
+    paper: str
+    ours: str
+    ci: str
+    verdict: str
+    reason: str
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial CI for a proportion k/n (Clopper & Pearson 1934)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    lo = stats.beta.ppf(a, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(1 - a, k + 1, n - k) if k < n else 1.0
+    return float(lo), float(hi)
+
+
+def _ci(lo: float, hi: float, fmt: str = ".0f") -> str:
+    return "–" if not np.isfinite([lo, hi]).all() else f"[{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def _modular(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[summary["task"] == "modular"].drop_duplicates("run")
+
+
+def claim_precede_all(summary: pd.DataFrame) -> Claim:
+    m = _modular(summary)
+    gen = m[m["generalised"]]
+    k, n = int((gen["lag"] > 0).sum()), len(gen)
+    lo, hi = clopper_pearson(k, n)
+    text = "gradient peaks precede the test transition in all modular-addition runs"
+    if n == 0:
+        return Claim(text, "6/6 runs", f"0 of {len(m)} runs generalised", "–", UNTESTABLE, "no run generalised")
+    verdict = HOLDS if k == n else PARTLY if k > n / 2 else FAILS
+    return Claim(text, "all runs (3 primary + 9 seed runs)", f"{k}/{n} generalised runs lead ({len(m) - n} did not generalise)",
+                 _ci(lo, hi, ".2f") + " (share, exact 95%)", verdict,
+                 f"{n - k} generalised run(s) with lag ≤ 0" if k < n else "every generalised run has a positive lag")
+
+
+def claim_lag_range(summary: pd.DataFrame) -> Claim:
+    lo_p, hi_p = published.PRIMARY_LAG_RANGE
+    prim = _modular(summary[summary["group"] == "primary"])
+    gen = prim[prim["generalised"]]
+    text = f"lag {lo_p}-{hi_p} epochs (primary seed-42 sweep)"
+    if len(gen) == 0:
+        return Claim(text, f"{lo_p}–{hi_p}", f"no primary run generalised ({len(prim)} runs)", "–", UNTESTABLE,
+                     "no primary modular run generalised, so no lag is a finding")
+    lags = gen["lag"].to_numpy()
+    inside = int(((lags >= lo_p) & (lags <= hi_p)).sum())
+    verdict = HOLDS if inside == len(lags) else PARTLY if inside else FAILS
+    no = prim[~prim["generalised"]]
+    extra = f"; not generalised: {', '.join(f'{f:.0%}' for f in no['frac'])}" if len(no) else ""
+    return Claim(text, f"{lo_p}–{hi_p}", f"{lags.min():.0f}–{lags.max():.0f} over {len(lags)} generalised runs{extra}", "–",
+                 verdict, f"{inside}/{len(lags)} generalised lags inside the published range")
+
+
+def per_frac_lags(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean lag per (operation, fraction) over generalised modular runs, with bootstrap CI."""
+    m = _modular(summary)
+    rows = []
+    for (op, f), g in m.groupby(["operation", "frac"]):
+        gl = g.loc[g["generalised"], "lag"].to_numpy(float)
+        lo, hi = bootstrap_ci(gl)
+        rows.append({"operation": op, "frac": f, "n": len(g), "n_generalised": len(gl),
+                     "mean_lag": gl.mean() if len(gl) else np.nan, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["operation", "frac", "n", "n_generalised", "mean_lag", "ci_low", "ci_high"])
+
+
+def claim_mean_positive(summary: pd.DataFrame, operation: str = "add") -> Claim:
+    t = per_frac_lags(summary)
+    t = t[t["operation"] == operation]
+    text = "the mean lag is positive at every fraction"
+    testable = t[t["n_generalised"] > 0]
+    if len(testable) == 0:
+        return Claim(text, "54–642", "no fraction with a generalised run", "–", UNTESTABLE, "nothing generalised")
+    ours = "; ".join(f"{r.frac:.0%}: {r.mean_lag:.0f} (n={r.n_generalised}/{r.n})" for r in testable.itertuples())
+    cis = "; ".join(f"{r.frac:.0%}: {_ci(r.ci_low, r.ci_high)}" for r in testable.itertuples())
+    missing = t[t["n_generalised"] == 0]
+    if (testable["mean_lag"] <= 0).any():
+        verdict, reason = FAILS, "a mean lag ≤ 0 at " + ", ".join(f"{f:.0%}" for f in testable.loc[testable["mean_lag"] <= 0, "frac"])
+    elif len(missing):
+        verdict, reason = PARTLY, "no run generalised at " + ", ".join(f"{f:.0%}" for f in missing["frac"])
+    elif (testable["ci_low"] > 0).all():
+        verdict, reason = HOLDS, "every fraction's CI lies above 0"
+    else:
+        verdict, reason = PARTLY, "all means positive, but some CIs include 0 (or n < 2)"
+    return Claim(text, "54–642 (3 seeds)", ours, cis, verdict, reason)
+
+
+def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
+    m = _modular(summary)
+    gen = m[(m["operation"] == operation) & m["generalised"]]
+    text = "lag decreases monotonically with the data fraction"
+    if gen["frac"].nunique() < 2:
+        return Claim(text, "642 > 199 > 54", "fewer than 2 fractions with generalised runs", "–", UNTESTABLE,
+                     "needs generalised runs at two fractions or more")
+    means = gen.groupby("frac")["lag"].mean().sort_index()
+    rho, p = stats.spearmanr(gen["frac"], gen["lag"])
+    rng = np.random.default_rng(0)
+    x, y = gen["frac"].to_numpy(), gen["lag"].to_numpy(float)
+    boots = []
+    for _ in range(2000):
+        i = rng.integers(0, len(x), len(x))
+        if np.unique(x[i]).size > 1 and np.unique(y[i]).size > 1:
+            boots.append(stats.spearmanr(x[i], y[i])[0])
+    lo, hi = (np.quantile(boots, [0.025, 0.975]) if boots else (np.nan, np.nan))
+    strictly = bool(np.all(np.diff(means.to_numpy()) < 0))
+    ours = " > ".join(f"{v:.0f}" for v in means.to_numpy()) + f" (means at {', '.join(f'{f:.0%}' for f in means.index)}); Spearman ρ = {rho:.2f}, p = {p:.2g}"
+    if strictly and rho < 0 and p < 0.05:
+        verdict, reason = HOLDS, "means strictly decrease and the rank correlation is significantly negative"
+    elif rho < 0:
+        verdict, reason = PARTLY, ("means not strictly decreasing" if not strictly else "the rank correlation is not significant")
+    else:
+        verdict, reason = FAILS, "lag does not fall with the fraction"
+    return Claim(text, "642 > 199 > 54", ours, _ci(lo, hi, ".2f") + " (ρ, bootstrap 95%)", verdict, reason)
+
+
+def claim_regression(summary: pd.DataFrame) -> Claim:
+    reg = summary[summary["task"] == "regression"].drop_duplicates("run")
+    text = "the regression control shows no positive lag"
+    if len(reg) == 0:
+        return Claim(text, "−60 (all 3)", "no regression run", "–", UNTESTABLE, "no control in this sweep")
+    k = int((reg["lag"] > 0).sum())
+    return Claim(text, "−60 (all 3)", f"lags {reg['lag'].min():.0f} to {reg['lag'].max():.0f}; {k}/{len(reg)} positive", "–",
+                 HOLDS if k == 0 else FAILS, "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead")
+
+
+def claim_pearson(summary: pd.DataFrame) -> Claim:
+    m = _modular(summary)
+    r = m["pearson_r"].dropna().to_numpy()
+    text = "Pearson r strongly negative"
+    if len(r) == 0:
+        return Claim(text, "−0.93 to −0.66", "no modular run", "–", UNTESTABLE, "")
+    lo, hi = bootstrap_ci(r, stat=np.median)
+    strong = int((r <= -0.5).sum())
+    verdict = HOLDS if strong == len(r) else PARTLY if np.median(r) <= -0.5 else FAILS
+    return Claim(text, "−0.93 to −0.66", f"median {np.median(r):.2f}, range {r.min():.2f} to {r.max():.2f}; {strong}/{len(r)} ≤ −0.5",
+                 _ci(lo, hi, ".2f") + " (median, bootstrap 95%)", verdict,
+                 "strong (r ≤ −0.5) in every modular run" if verdict == HOLDS else f"{len(r) - strong} run(s) weaker than −0.5")
+
+
+def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every claim of the paper's abstract and results that a summary can judge."""
+    rows = [claim_precede_all(summary), claim_lag_range(summary), claim_mean_positive(summary),
+            claim_monotone(summary), claim_regression(summary), claim_pearson(summary)]
+    return pd.DataFrame([asdict(c) for c in rows])
