@@ -1,0 +1,502 @@
+"""The batched training engine: R runs of one shape stepped together, with hand-written gradients.
+
+Per step this computes exactly what the dense reference loop (:func:`phaselib.train.train_reference`)
+computes, up to float32 summation order:
+
+- **One-hot fast path.** Row (a, b) of the modular table has input one-hot(a) ++ one-hot(b), so the
+  first layer's pre-activation is ``W1[:, a] + W1[:, p + b] + b1`` (an ``embedding_bag`` sum of two
+  columns) and its weight gradient is a scatter-add (``index_add_``) of the hidden-layer gradients
+  into columns ``a`` and ``p + b``.
+- **One forward over the table.** Each run's rows are ordered train split first, test split after
+  (its own permutation of the table), so a recorded epoch does one forward over all rows, reads
+  train and test loss/metric from it, and the backward pass reads the train prefix only.
+- **Stacked runs.** The parameters (and AdamW moments) of all runs live in one flat buffer; the
+  output layer is one ``baddbmm`` over runs, the backward ``bmm`` runs over runs of equal train size.
+  :class:`StackedAdamW` steps them all, with one learning rate per run (callbacks may scale it).
+- **No per-epoch host synchronisation.** Signals accumulate in a preallocated device tensor that is
+  copied to the host once per ``chunk`` epochs. Callbacks and probers need host values, so when any
+  is given the engine syncs once per *recorded* epoch instead (the reference loop does the same).
+
+Probers run per run, outside the batched hot path: the run's parameters are copied into a plain
+:class:`~phaselib.models.MLP` at each recorded epoch and the prober is called with it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .data import Dataset
+from .executors import batch_key
+from .models import MLP, make_model
+from .record import RunRecord, concat_tables, rows_table, tidy
+from .train import (BASE_COLUMNS, Callback, TrainControl, deterministic, make_dataset, recorded_epochs,
+                    run_metadata, signal_name)
+
+_LR_COL = BASE_COLUMNS.index(("lr", "all"))
+
+# ------------------------------------------------------------------ optimiser
+
+
+class StackedAdamW:
+    """AdamW over R runs' parameters held in one flat, block-major buffer, with one lr per run.
+
+    The buffer holds block k of every run contiguously as an (R, n_k) matrix, blocks one after the
+    other. The update is torch.optim.AdamW's single-tensor CPU path, op for op, so that for equal
+    gradients it is bit-identical to R separate ``torch.optim.AdamW`` instances:
+    ``p *= 1 - lr*wd``; ``m = lerp(m, g, 1-b1)``; ``v = b2*v + (1-b2)*g*g``;
+    ``p += (-lr/(1-b1^t)) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
+    Per-run scalars (``1 - lr*wd`` and ``-lr/(1-b1^t)``) are formed in float64 and rounded to the
+    parameter dtype, as Python-float scalars are in torch. A run with lr 0 does not move.
+    """
+
+    def __init__(self, flat: torch.Tensor, runs: int, blocks: Sequence[int], lr: Sequence[float],
+                 weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        if flat.dim() != 1 or flat.numel() != runs * sum(blocks):
+            raise ValueError(f"flat: {tuple(flat.shape)} is invalid; allowed: a 1-D tensor of runs * sum(blocks) = "
+                             f"{runs * sum(blocks)} elements")
+        self.flat, self.runs, self.blocks = flat, runs, tuple(int(b) for b in blocks)
+        self.weight_decay, self.betas, self.eps = float(weight_decay), betas, float(eps)
+        self.exp_avg = torch.zeros_like(flat)
+        self.exp_avg_sq = torch.zeros_like(flat)
+        self._update = torch.empty_like(flat)
+        self._denom = torch.empty_like(flat)
+        self.t = 0
+        self.set_lr(lr)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The (R, n_k) block views of a buffer laid out like the parameters."""
+        out, off = [], 0
+        for n in self.blocks:
+            out.append(flat[off:off + self.runs * n].view(self.runs, n))
+            off += self.runs * n
+        return out
+
+    def set_lr(self, lr: Sequence[float]) -> None:
+        """Set the per-run learning rates (one host-to-device copy; not needed per step)."""
+        lr64 = torch.as_tensor(np.asarray(lr, dtype=np.float64).reshape(self.runs))
+        self.lr = lr64.to(self.flat.device)
+        self._decay = (1.0 - self.lr * self.weight_decay).to(self.flat.dtype)[:, None]
+
+    def step(self, grad: torch.Tensor) -> None:
+        """One AdamW step of every run from the flat gradient ``grad`` (same layout as the params)."""
+        b1, b2 = self.betas
+        self.t += 1
+        for p in self.views(self.flat):
+            p.mul_(self._decay)
+        self.exp_avg.lerp_(grad, 1 - b1)
+        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        bc1 = 1 - b1 ** self.t
+        bc2_sqrt = (1 - b2 ** self.t) ** 0.5
+        neg_step = torch.div(self.lr, bc1).neg_().to(self.flat.dtype)[:, None]
+        torch.sqrt(self.exp_avg_sq, out=self._denom).div_(bc2_sqrt).add_(self.eps)
+        for u, m in zip(self.views(self._update), self.views(self.exp_avg)):
+            torch.mul(m, neg_step, out=u)  # addcdiv computes self + (value * t1) / t2
+        self.flat.add_(self._update.div_(self._denom))
+
+
+# ------------------------------------------------------------------ stacked model
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Per-run parameter shapes: E1 = W1^T (in, width), b1, W2T = W2^T (width, out), b2."""
+
+    in_dim: int
+    width: int
+    out_dim: int
+
+    @property
+    def blocks(self) -> tuple[tuple[int, ...], ...]:
+        return (self.in_dim, self.width), (self.width,), (self.width, self.out_dim), (self.out_dim,)
+
+
+class _Stack:
+    """A flat block-major buffer with (R, *shape) views E1, b1, W2T, b2 (layer-major, as Linear's transpose)."""
+
+    def __init__(self, shape: _Shape, runs: int, device: torch.device) -> None:
+        self.shape, self.runs = shape, runs
+        self.sizes = [int(np.prod(s)) for s in shape.blocks]
+        self.flat = torch.zeros(runs * sum(self.sizes), device=device)
+        self.E1, self.b1, self.W2T, self.b2 = self._views(self.flat)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        out, off = [], 0
+        for s, n in zip(self.shape.blocks, self.sizes):
+            out.append(flat[off:off + self.runs * n].view(self.runs, *s))
+            off += self.runs * n
+        return out
+
+    def like(self) -> "_Stack":
+        """A zero buffer of the same layout (for gradients)."""
+        return _Stack(self.shape, self.runs, self.flat.device)
+
+    def load(self, r: int, model: MLP) -> None:
+        """Copy an MLP's parameters into run ``r``."""
+        self.E1[r].copy_(model.fc1.weight.detach().T)
+        self.b1[r].copy_(model.fc1.bias.detach())
+        self.W2T[r].copy_(model.fc2.weight.detach().T)
+        self.b2[r].copy_(model.fc2.bias.detach())
+
+    def store(self, r: int, model: MLP) -> MLP:
+        """Copy run ``r``'s parameters into an MLP (what probers see) and return it."""
+        with torch.no_grad():
+            model.fc1.weight.copy_(self.E1[r].T)
+            model.fc1.bias.copy_(self.b1[r])
+            model.fc2.weight.copy_(self.W2T[r].T)
+            model.fc2.bias.copy_(self.b2[r])
+        return model
+
+    def layer_norms(self) -> torch.Tensor:
+        """(R, 3): per-layer L2 norms (weight and bias together) and the combined norm, as in train.py."""
+        sq = [v.reshape(self.runs, -1).square().sum(1) for v in (self.E1, self.b1, self.W2T, self.b2)]
+        per = torch.stack([torch.sqrt(sq[0] + sq[1]), torch.sqrt(sq[2] + sq[3])], 1)
+        return torch.cat([per, torch.sqrt(per.square().sum(1, keepdim=True))], 1)
+
+
+# ------------------------------------------------------------------ tasks
+
+
+class _Task:
+    """Data of R runs of one task, each run's rows ordered train split first, then test split.
+
+    ``groups`` are ranges ``(r0, r1, n)`` of consecutive runs with the same train size ``n``; the
+    caller orders runs by train size so that equal sizes are adjacent and the backward pass can
+    ``bmm`` over each range.
+    """
+
+    def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
+        self.R = len(data)
+        self.device = device
+        self.ntr = [len(d.train_idx) for d in data]
+        self.N = data[0].n_total
+        self.M = max(self.ntr)
+        self.groups: list[tuple[int, int, int]] = []
+        for r, n in enumerate(self.ntr):
+            if self.groups and self.groups[-1][2] == n:
+                self.groups[-1] = (self.groups[-1][0], r + 1, n)
+            else:
+                self.groups.append((r, r + 1, n))
+        ntr = torch.tensor(self.ntr, dtype=torch.float32)
+        self.n_train = ntr.to(device)
+        self.n_test = (self.N - ntr).to(device)
+        rows = torch.arange(self.N)[None, :]
+        self.train_mask = (rows < ntr[:, None]).float().to(device)
+        self.test_mask = 1.0 - self.train_mask
+
+    @staticmethod
+    def order(data: Dataset) -> np.ndarray:
+        """A run's row order: its train indices, then its test indices (both as the split drew them)."""
+        return np.concatenate([data.train_idx, data.test_idx])
+
+    def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
+        """Fill ``G`` with the gradient of each run's mean train loss at ``P``.
+
+        With ``record``, return (R, 4): train loss, test loss, train metric, test metric at ``P``.
+        """
+        rows = self.N if record else self.M
+        h = self.hidden(P, rows)
+        out = torch.baddbmm(P.b2[:, None, :], h, P.W2T)
+        stats, dout = self.head(out, record)
+        for r0, r1, n in self.groups:
+            dz, hg = dout[r0:r1, :n], h[r0:r1, :n]
+            torch.bmm(hg.transpose(1, 2), dz, out=G.W2T[r0:r1])
+            torch.sum(dz, 1, out=G.b2[r0:r1])
+            dh = torch.bmm(dz, P.W2T[r0:r1].transpose(1, 2))
+            dpre = torch.ops.aten.threshold_backward(dh, hg, 0.0)  # ReLU'(pre) = [h > 0]
+            self.first_layer_grad(r0, r1, n, dpre, G)
+            torch.sum(dpre, 1, out=G.b1[r0:r1])
+        scale = 1.0 / self.n_train  # mean over the run's train rows, applied to the small results
+        for g in (G.E1, G.b1, G.W2T, G.b2):
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+        return stats
+
+    # hooks
+    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        raise NotImplementedError
+
+    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
+        raise NotImplementedError
+
+    def _stats(self, per_row: torch.Tensor) -> torch.Tensor:
+        """(R, 2) train and test sums of a (R, N) per-row quantity."""
+        return torch.stack([(per_row * self.train_mask).sum(1), (per_row * self.test_mask).sum(1)], 1)
+
+
+class _Modular(_Task):
+    """Modular arithmetic: one-hot first layer as a two-column gather, cross-entropy and accuracy."""
+
+    def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
+        super().__init__(data, device)
+        p, two_p = data[0].modulus, data[0].in_dim
+        rows = [self.order(d) for d in data]
+        base = (np.arange(self.R) * two_p)[:, None]
+        ia = np.stack([d.a[o] for d, o in zip(data, rows)]) + base
+        ib = np.stack([d.b[o] for d, o in zip(data, rows)]) + p + base
+        pair = torch.as_tensor(np.stack([ia, ib], 2))  # (R, N, 2) rows of the flat (R*2p, H) E1
+        self.pair_all = pair.reshape(-1, 2).to(device)
+        self.pair_train = pair[:, :self.M].reshape(-1, 2).to(device)
+        self.bags = {r0: self._scatter_bags(pair[r0:r1, :n] - r0 * two_p, two_p, device) for r0, r1, n in self.groups}
+        self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, rows)])).to(device)  # (R, N)
+        self.prob = torch.empty(self.R, self.M, p, device=device)  # softmax of the train rows, then dz
+        self.test_lsm = torch.empty(self.N - min(self.ntr), p, device=device)
+        self.nll = torch.empty(self.R, self.N, device=device)
+        self.neg_one = torch.full((self.M, 1), -1.0, device=device)
+
+    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
+        pair = self.pair_all if rows == self.N else self.pair_train
+        E1 = P.E1.view(-1, P.E1.shape[-1])
+        h = F.embedding_bag(pair, E1, mode="sum").view(self.R, rows, -1)  # W1[:, a] + W1[:, p+b]
+        return h.add_(P.b1[:, None, :]).relu_()
+
+    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if record:
+            z_label = out.gather(2, self.y[:, :, None]).squeeze(2)
+            correct = (z_label >= out.amax(2)).float()  # argmax == label, up to exact float ties
+        for r, n in enumerate(self.ntr):
+            prob = torch.softmax(out[r, :n], -1, out=self.prob[r, :n])
+            y_tr = self.y[r, :n, None]
+            if record:
+                torch.log(prob.gather(1, y_tr).squeeze(1), out=self.nll[r, :n]).neg_()
+                lsm = torch.log_softmax(out[r, n:], -1, out=self.test_lsm[:self.N - n])
+                torch.gather(lsm, 1, self.y[r, n:, None], out=self.nll[r, n:, None]).neg_()
+            prob.scatter_add_(1, y_tr, self.neg_one[:n])  # dz = softmax - onehot (times 1/n later)
+        if not record:
+            return None, self.prob
+        loss, acc = self._stats(self.nll), self._stats(correct)
+        counts = torch.stack([self.n_train, self.n_test], 1)
+        return torch.cat([loss / counts, acc / counts], 1), self.prob
+
+    @staticmethod
+    def _scatter_bags(pair: torch.Tensor, two_p: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scatter-add ``dE1[pair[i, k]] += src[i]`` as bags: for each destination row, its sources.
+
+        ``pair`` is (runs, n, 2) destination rows into the runs' flat (runs*2p, H) E1; the result
+        (source rows sorted by destination, stable, and bag offsets) lets ``embedding_bag`` do the
+        scatter-add as segment sums, deterministically, in source-row order.
+        """
+        dest = pair.reshape(-1, 2).T.reshape(-1)  # all a-destinations, then all b-destinations
+        src = torch.arange(pair.shape[0] * pair.shape[1]).repeat(2)
+        order = torch.argsort(dest, stable=True)
+        counts = torch.bincount(dest, minlength=pair.shape[0] * two_p)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+        return src[order].to(device), offsets.to(device)
+
+    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
+        src, offsets = self.bags[r0]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row] over train rows
+        dE1 = F.embedding_bag(src, dpre.reshape(-1, dpre.shape[-1]), offsets, mode="sum")
+        G.E1[r0:r1].view(-1, dE1.shape[-1]).copy_(dE1)
+
+
+class _Regression(_Task):
+    """The regression control: dense 1-input first layer, MSE loss and R^2."""
+
+    def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
+        super().__init__(data, device)
+        x = [torch.cat([d.x_train, d.x_test]) for d in data]
+        y = [torch.cat([d.y_train, d.y_test]) for d in data]
+        self.x = torch.stack(x).to(device)  # (R, N, 1)
+        self.y = torch.stack(y).to(device)
+        # SS_tot of each split, computed as loss_and_metric does
+        self.ss_tot = torch.stack([torch.stack([((d.y_train - d.y_train.mean()) ** 2).sum(),
+                                                ((d.y_test - d.y_test.mean()) ** 2).sum()]) for d in data]).to(device)
+
+    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
+        return torch.baddbmm(P.b1[:, None, :], self.x[:, :rows], P.E1).relu_()
+
+    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        resid = out - self.y[:, :out.shape[1]]
+        dout = resid * 2.0  # d(mean squared error)/d(out), times n
+        if not record:
+            return None, dout
+        ss_res = self._stats(resid.squeeze(2).square())
+        counts = torch.stack([self.n_train, self.n_test], 1)
+        return torch.cat([ss_res / counts, 1.0 - ss_res / self.ss_tot], 1), dout
+
+    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
+        torch.bmm(self.x[r0:r1, :n].transpose(1, 2), dpre, out=G.E1[r0:r1])
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def _run_order(data: Sequence[Dataset]) -> list[int]:
+    """Internal run order: by train size (stable), so runs of equal size are adjacent (see _Task.groups)."""
+    return sorted(range(len(data)), key=lambda i: (len(data[i].train_idx), i))
+
+
+def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.device) -> tuple[_Task, _Stack]:
+    """The task's stacked data and the runs' initial parameters (each from make_model, as the reference)."""
+    c0, d0 = cfgs[0], data[0]
+    task = (_Regression if c0.task == "regression" else _Modular)(data, device)
+    P = _Stack(_Shape(d0.in_dim, c0.width, d0.out_dim), len(cfgs), device)
+    for r, (c, d) in enumerate(zip(cfgs, data)):
+        P.load(r, make_model(d.in_dim, c.width, d.out_dim, c.seed))
+    return task, P
+
+
+def initial_gradients(configs: Sequence[RunConfig]) -> list[dict[str, torch.Tensor]]:
+    """Each run's first-step gradient from the batched fast path, keyed as ``MLP.named_parameters()``.
+
+    All runs are batched together (one batch key); the values are what step 0 applies.
+    """
+    configs = list(configs)
+    _check_batch(configs, None, None)
+    data = [make_dataset(c) for c in configs]
+    order = _run_order(data)
+    with deterministic(configs[0].threads), torch.no_grad():
+        task, P = _build([configs[i] for i in order], [data[i] for i in order], torch.device(configs[0].device))
+        G = P.like()
+        task.step(P, G, record=False)
+    out: list[dict[str, torch.Tensor]] = [{} for _ in configs]
+    for r, i in enumerate(order):
+        out[i] = {"fc1.weight": G.E1[r].T.clone(), "fc1.bias": G.b1[r].clone(),
+                  "fc2.weight": G.W2T[r].T.clone(), "fc2.bias": G.b2[r].clone()}
+    return out
+
+
+def _check_batch(configs: Sequence[RunConfig], callbacks, probers) -> None:
+    if not configs:
+        raise ValueError("configs: [] is invalid; allowed: a non-empty list of RunConfig")
+    keys = {batch_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ValueError(f"configs: {len(keys)} different batch keys; allowed: runs of one batch key "
+                         "(task, modulus, width, div-or-not, epochs, lr, weight_decay, record_every, probes, device)")
+    for name, seq in (("callbacks", callbacks), ("probers", probers)):
+        if seq is not None and len(seq) != len(configs):
+            raise ValueError(f"{name}: {len(seq)} entries is invalid; allowed: one per config ({len(configs)})")
+
+
+def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Callback]] | None = None,
+                  probers: Sequence | None = None, chunk: int = 100,
+                  progress: Callable[[int], None] | None = None) -> list[RunRecord]:
+    """Train runs of one batch key together; one :class:`RunRecord` per config, in order.
+
+    Records have the reference trainer's layout (``BASE_COLUMNS`` at ``recorded_epochs``) and
+    ``meta["engine"] == "batched"``; ``wall_time_s`` is the batch's wall time divided by its size
+    (``batch_wall_time_s`` and ``batch_size`` hold the totals). ``callbacks[i]`` and ``probers[i]``
+    belong to config ``i``. Without them, signals reach the host once per ``chunk`` epochs; with
+    any of them, once per recorded epoch. ``progress`` gets the number of epochs just completed.
+    """
+    configs = list(configs)
+    _check_batch(configs, callbacks, probers)
+    if chunk < 1:
+        raise ValueError(f"chunk: {chunk!r} is invalid; allowed: an integer >= 1")
+    t0 = time.perf_counter()
+    cfg0, R = configs[0], len(configs)
+    device = torch.device(cfg0.device)
+    data_in = [make_dataset(c) for c in configs]
+    order = _run_order(data_in)
+    cfgs = [configs[i] for i in order]
+    data = [data_in[i] for i in order]
+    cbs = [list(callbacks[i]) if callbacks is not None else [] for i in order]
+    prb = [probers[i] if probers is not None else None for i in order]
+    sync_each = any(cbs) or any(p is not None for p in prb)
+    rec = recorded_epochs(cfg0)
+    is_rec = np.zeros(cfg0.epochs, dtype=bool)
+    is_rec[rec] = True
+    controls = [TrainControl() for _ in range(R)]
+    extra: list[list[dict]] = [[] for _ in range(R)]
+    rows_of = np.full(R, len(rec))  # rows each run keeps
+    last = np.full(R, cfg0.epochs - 1)
+    host = np.zeros((len(rec), R, len(BASE_COLUMNS)), dtype=np.float32)
+    with deterministic(cfg0.threads), torch.no_grad():
+        task, P = _build(cfgs, data, device)
+        G = P.like()
+        lr = np.array([c.lr for c in cfgs], dtype=np.float64)
+        opt = StackedAdamW(P.flat, R, P.sizes, lr, cfg0.weight_decay)
+        lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
+        buf = torch.empty(len(rec), R, len(BASE_COLUMNS), device=device)
+        probe_models: dict[int, MLP] = {}
+        stopped = np.zeros(R, dtype=bool)
+        row = flushed = done_epochs = 0
+        for epoch in range(cfg0.epochs):
+            record = bool(is_rec[epoch])
+            stats = task.step(P, G, record)
+            if record:
+                torch.cat([G.layer_norms(), P.layer_norms(), stats, lr_col[:, None]], 1, out=buf[row])
+                if sync_each:
+                    flushed = _flush(buf, host, row, row + 1)  # the one host sync callbacks and probers need
+                    changed = _host_hooks(epoch, row, host, cfgs, data, cbs, prb, controls, extra, stopped,
+                                          P, probe_models, device)
+                    for r in changed:  # as train_reference: the row shows the lr the step will use
+                        lr[r] = cfgs[r].lr * controls[r].lr_scale
+                        host[row, r, _LR_COL] = lr[r]
+                        if controls[r].stop_reason is not None:  # frozen: lr 0 leaves its parameters as they are
+                            stopped[r], rows_of[r], last[r], lr[r] = True, row + 1, epoch, 0.0
+                    if changed:
+                        opt.set_lr(lr)
+                        lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
+                row += 1
+                if stopped.all():
+                    break
+            opt.step(G.flat)
+            if (epoch + 1) % chunk == 0:
+                flushed = _flush(buf, host, flushed, row)
+                if progress is not None:
+                    progress(epoch + 1 - done_epochs)
+                done_epochs = epoch + 1
+        flushed = _flush(buf, host, flushed, row)
+        if progress is not None and epoch + 1 > done_epochs:
+            progress(epoch + 1 - done_epochs)
+    wall = time.perf_counter() - t0
+    records: list[RunRecord | None] = [None] * R
+    for r, c in enumerate(cfgs):
+        n = int(rows_of[r])
+        values = host[:n, r].astype(np.float64)
+        table = tidy(c.key, rec[:n], {col: values[:, i] for i, col in enumerate(BASE_COLUMNS)})
+        if extra[r]:
+            table = concat_tables([table, rows_table(c.key, extra[r])])
+        meta = run_metadata(c, wall / R, controls[r], int(last[r]) + 1, "batched")
+        meta.update(batch_size=R, batch_wall_time_s=wall)
+        records[order[r]] = RunRecord(c, table, meta)
+    return records  # type: ignore[return-value]
+
+
+def _flush(buf: torch.Tensor, host: np.ndarray, flushed: int, row: int) -> int:
+    """Copy recorded rows ``[flushed, row)`` to the host (one device-to-host transfer); return ``row``."""
+    if row > flushed:
+        host[flushed:row] = buf[flushed:row].cpu().numpy()
+    return row
+
+
+def _host_hooks(epoch: int, row: int, host: np.ndarray, cfgs: Sequence[RunConfig], data: Sequence[Dataset],
+                cbs: Sequence[Sequence[Callback]], prb: Sequence, controls: Sequence[TrainControl],
+                extra: list[list[dict]], stopped: np.ndarray, P: _Stack, probe_models: dict[int, MLP],
+                device: torch.device) -> list[int]:
+    """Run probers then callbacks of each live run at a recorded epoch, as train_reference does.
+
+    Returns the runs whose lr scale changed or that were stopped.
+    """
+    changed = []
+    for r in range(len(cfgs)):
+        if stopped[r] or (not cbs[r] and prb[r] is None):
+            continue
+        if prb[r] is not None:
+            if r not in probe_models:
+                with torch.random.fork_rng(devices=[]):  # building a module draws from the global RNG
+                    probe_models[r] = MLP(data[r].in_dim, cfgs[r].width, data[r].out_dim).to(device)
+            model = P.store(r, probe_models[r])
+            with torch.enable_grad():
+                extra[r].extend(prb[r].rows(model, epoch, data[r].x_train.to(device), data[r].y_train.to(device)))
+        if cbs[r]:
+            ctl = controls[r]
+            ctl.epoch = epoch
+            sig = {signal_name(s, l): float(v) for (s, l), v in zip(BASE_COLUMNS, host[row, r])}
+            for x in extra[r]:
+                if x["epoch"] == epoch:
+                    sig[signal_name(x["signal"], x["layer"])] = x["value"]
+            scale_before = ctl.lr_scale
+            for cb in cbs[r]:
+                cb(epoch, sig, ctl)
+            if ctl.lr_scale != scale_before or ctl.stop_reason is not None:
+                changed.append(r)
+    return changed
