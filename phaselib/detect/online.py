@@ -182,6 +182,16 @@ def _sign(mean: float, threshold: float, direction: str) -> int:
     return 0
 
 
+def persistent_run_ends(sign: np.ndarray, persistence: int) -> np.ndarray:
+    """Positions where a run of equal non-zero values of ``sign`` reaches length
+    ``persistence`` (one position per run that long: its ``persistence``-th element)."""
+    sign = np.asarray(sign)
+    new_run = (sign != 0) & np.concatenate(([True], sign[1:] != sign[:-1]))
+    idx = np.arange(len(sign))
+    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
+    return np.flatnonzero((sign != 0) & (idx - run_start == persistence - 1))
+
+
 def replay(series: Iterable[float] | np.ndarray, baseline: int | None = None, window: int = 50,
            k: float = 3.0, persistence: int = 10, direction: str = "both", *,
            sigma: str = "raw", rearm: bool = False) -> list[Alarm]:
@@ -215,11 +225,7 @@ def replay(series: Iterable[float] | np.ndarray, baseline: int | None = None, wi
         sign[mean > threshold] = 1
     if direction != "up":
         sign[mean < -threshold] = -1
-    # position of each exceedance within its run of equal non-zero signs
-    new_run = (sign != 0) & np.concatenate(([True], sign[1:] != sign[:-1]))
-    idx = np.arange(len(sign))
-    run_start = np.maximum.accumulate(np.where(new_run, idx, 0))
-    fire = np.flatnonzero((sign != 0) & (idx - run_start == persistence - 1))
+    fire = persistent_run_ends(sign, persistence)
     if not rearm:
         fire = fire[:1]
     return [Alarm(int(start + i), float(mean[i]), "up" if sign[i] > 0 else "down",
