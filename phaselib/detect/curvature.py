@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .online import Alarm, baseline_len, persistent_run_ends
+from .online import Alarm, as_series, baseline_len, persistent_run_ends
 
 NAME = "curvature"
 
@@ -37,11 +37,7 @@ def detect(series: np.ndarray, drop_factor: float = 10.0, persistence: int = 3,
             continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    x = np.asarray(series, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"series must be one-dimensional, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("series must be finite (drop or impute NaN/inf first)")
+    x = as_series(series)
     b = baseline_len(len(x)) if baseline is None else int(baseline)
     if len(x) <= b:
         return None

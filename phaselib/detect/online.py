@@ -182,6 +182,18 @@ def _sign(mean: float, threshold: float, direction: str) -> int:
     return 0
 
 
+def as_series(series: Iterable[float] | np.ndarray) -> np.ndarray:
+    """The series as a 1-D float64 array; ValueError if it is not 1-D or not all finite."""
+    x = np.asarray(series, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"series must be one-dimensional, got shape {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x))
+    if bad.size:
+        raise ValueError(f"series must be finite (drop or impute first): {x[bad[0]]!r} at "
+                         f"index {bad[0]}")
+    return x
+
+
 def persistent_run_ends(sign: np.ndarray, persistence: int) -> np.ndarray:
     """Positions where a run of equal non-zero values of ``sign`` reaches length
     ``persistence`` (one position per run that long: its ``persistence``-th element)."""
@@ -200,16 +212,11 @@ def replay(series: Iterable[float] | np.ndarray, baseline: int | None = None, wi
     Gives exactly the alarms the streaming detector gives on the same values (same arithmetic,
     see the module docstring). ``baseline=None`` means :func:`baseline_len` of the series.
     """
-    x = np.asarray(series, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"series must be one-dimensional, got shape {x.shape}")
+    x = as_series(series)
     if baseline is None:
         baseline = baseline_len(len(x))
     baseline, window, k, persistence = _validate(baseline, window, k, persistence, direction,
                                                  sigma)
-    bad = np.flatnonzero(~np.isfinite(x))
-    if bad.size:
-        raise ValueError(f"value must be finite, got {x[bad[0]]!r} at index {bad[0]}")
     start = max(baseline, window - 1)
     n = len(x)
     if n <= start:
