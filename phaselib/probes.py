@@ -13,7 +13,8 @@ or has no standard error. Eigenvalue accuracy goes in as its own signals
 ``hessian_lmax_converged`` (0/1), and its cost ``hessian_lmax_iters`` (Hessian-vector
 products); likewise for lmin.
 
-Per-layer Hessian blocks get lambda_max, trace and the gradient cosine but no lambda_min: in a
+Per-layer Hessian blocks get lambda_max (and the gradient cosine) from the block operator and
+their trace from the whole-model Hutchinson products, but no lambda_min: in a
 two-layer ReLU MLP the output is linear in fc2's parameters and piecewise linear in fc1's, so
 each diagonal block is a Gauss-Newton matrix J^T (d^2 loss / d out^2) J, positive semidefinite
 (lambda_min = 0); the negative curvature lives in the fc1-fc2 cross terms.
@@ -27,13 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError
-from .hessian import (HessianOp, grad_eig_cosine, hessian_operator, hutchinson_trace, lambda_max, lambda_min,
-                      task_loss)
+from .hessian import (HessianOp, grad_eig_cosine, hessian_operator, hutchinson_block_traces, lambda_max,
+                      lambda_min, task_loss)
 from .noise import microbatch_grad_variance, per_example_noise_scales
-from .representation import activation_entropy, active_fraction, effective_rank, linear_cka
+from .representation import CHEAP, cheap_signals, linear_cka
 
 #: The signals cheap enough for every epoch (one forward pass on the probe set).
-CHEAP_SIGNALS: tuple[str, ...] = ("erank", "active_frac", "act_entropy")
+CHEAP_SIGNALS: tuple[str, ...] = CHEAP
 #: Relative eigenvalue tolerances of the tracked eigensolves. lambda_min sits at the edge of a
 #: near-continuous bulk (neighbour gaps ~1% of |lambda_min|, ~1e-5 of the spectral width on the
 #: mod-97 model), so 1e-2 is what a warm start makes cheap (benchmarks/hessian.py).
@@ -116,7 +117,7 @@ class Prober:
         out: list[dict] = []
         want_cka = _due(s.cka_every, epoch)
         if s.every_epoch or want_cka:
-            with torch.no_grad():
+            with torch.inference_mode():
                 hidden = model.hidden(self.probe_x)
             out += self._representation(epoch, hidden, want_cka)
         if _due(s.noise_every, epoch):
@@ -126,8 +127,8 @@ class Prober:
         return out
 
     def _representation(self, epoch: int, hidden: Tensor, want_cka: bool) -> list[dict]:
-        fns = {"erank": effective_rank, "active_frac": active_fraction, "act_entropy": activation_entropy}
-        out = [_row(epoch, name, fns[name](hidden)) for name in self.schedule.every_epoch]
+        values = cheap_signals(hidden, self.schedule.every_epoch)
+        out = [_row(epoch, name, v) for name, v in values.items()]
         if want_cka:
             if self._prev_hidden is not None:
                 out.append(_row(epoch, "cka_prev", linear_cka(hidden, self._prev_hidden)))
@@ -164,15 +165,18 @@ class Prober:
         return rows, eig.vector
 
     def _hessian(self, model: nn.Module, epoch: int, x: Tensor, y: Tensor) -> list[dict]:
-        out = []
+        op = hessian_operator(model, self.loss_fn, x, y)
+        rows, vmax = self._eig_rows(epoch, "hessian_lmax", op, "max", "all")
+        rows += self._eig_rows(epoch, "hessian_lmin", op, "min", "all")[0]
+        rows.append(_row(epoch, "grad_eig_cos", grad_eig_cosine(op.gradient, vmax)))
+        # whole-model and block traces from one set of products
+        traces = hutchinson_block_traces(op, self.schedule.hutchinson_probes, generator=self.generator)
         for layer in self._layers(model):
-            key = layer or "all"
-            op = hessian_operator(model, self.loss_fn, x, y, layer)
-            rows, vmax = self._eig_rows(epoch, "hessian_lmax", op, "max", key)
-            out += rows
-            if layer is None:  # diagonal blocks are PSD here: lambda_min = 0 (module docstring)
-                out += self._eig_rows(epoch, "hessian_lmin", op, "min", key)[0]
-            tr = hutchinson_trace(op, self.schedule.hutchinson_probes, generator=self.generator)
-            out.append(_row(epoch, "hessian_trace", tr.value, tr.stderr, layer=key))
-            out.append(_row(epoch, "grad_eig_cos", grad_eig_cosine(op.gradient, vmax), layer=key))
-        return out
+            tr = traces[layer or "all"]
+            rows.append(_row(epoch, "hessian_trace", tr.value, tr.stderr, layer=layer or "all"))
+            if layer is not None:  # diagonal blocks are PSD here: no lambda_min (module docstring)
+                block = hessian_operator(model, self.loss_fn, x, y, layer)
+                layer_rows, vmax = self._eig_rows(epoch, "hessian_lmax", block, "max", layer)
+                rows += layer_rows
+                rows.append(_row(epoch, "grad_eig_cos", grad_eig_cosine(block.gradient, vmax), layer=layer))
+        return rows

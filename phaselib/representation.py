@@ -7,6 +7,8 @@ for narrow layers and accurate enough for the small singular values that set the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -16,39 +18,56 @@ def _check(h: Tensor, name: str = "h") -> None:
         raise ValueError(f"{name}: shape {tuple(h.shape)} is invalid; need (..., n, width)")
 
 
-def singular_values(h: Tensor) -> Tensor:
-    """Singular values of each (n, width) matrix, descending, shape (..., width).
+def _gram_eigenvalues(h: Tensor) -> Tensor:
+    """Eigenvalues of h^T h in float64, ascending, with round-off of zero set to 0: (..., width).
 
-    From the eigenvalues of the Gram matrix h^T h, s_i = sqrt(lambda_i). Eigenvalues below
-    width * eps64 * lambda_max are round-off of zero (a square root would lift them to
-    ~1e-8 s_max) and are set to 0; for n < width the trailing width - n values are zeros.
+    Values below width * eps64 * lambda_max are treated as zero: a square root would otherwise
+    lift them to ~1e-8 s_max singular values (the Gram route's only accuracy cost).
     """
     _check(h)
     h64 = h.double()
-    gram = h64.mT @ h64
-    lam = torch.linalg.eigvalsh(gram).flip(-1)
-    cutoff = lam[..., :1] * (h.shape[-1] * torch.finfo(torch.float64).eps)
-    return torch.where(lam > cutoff, lam, torch.zeros_like(lam)).sqrt()
+    gram = torch.mm(h64.t(), h64) if h.ndim == 2 else h64.mT @ h64
+    lam = torch.linalg.eigvalsh(gram)
+    return lam * (lam > lam[..., -1:] * (h.shape[-1] * torch.finfo(torch.float64).eps))
+
+
+def singular_values(h: Tensor) -> Tensor:
+    """Singular values of each (n, width) matrix, descending, shape (..., width), via the Gram matrix.
+
+    For n < width the trailing width - n values are zeros.
+    """
+    return _gram_eigenvalues(h).flip(-1).sqrt()
 
 
 def effective_rank(h: Tensor) -> Tensor:
     """Effective rank (Roy & Vetterli 2007): erank = exp(H(p)), p_i = s_i / sum_j s_j, H = -sum p log p.
 
-    s are the singular values of the activation matrix (not centred). Ranges from 1 (rank one)
-    to min(n, width) (all singular values equal); an all-zero matrix (every unit dead) gives 0.
+    s are the singular values of the activation matrix (not centred), from the eigenvalues of
+    the width x width Gram matrix. Ranges from 1 (rank one) to min(n, width) (all singular
+    values equal); an all-zero matrix (every unit dead) gives 0.
     """
-    s = singular_values(h)
+    s = _gram_eigenvalues(h).sqrt()
     total = s.sum(-1, keepdim=True)
-    p = s / total.clamp_min(torch.finfo(s.dtype).tiny)
-    plogp = torch.where(p > 0, p * p.clamp_min(torch.finfo(s.dtype).tiny).log(), torch.zeros_like(p))
-    erank = torch.exp(-plogp.sum(-1))
+    p = s / total
+    erank = torch.exp(-torch.special.xlogy(p, p).sum(-1))
     return torch.where(total.squeeze(-1) > 0, erank, torch.zeros_like(erank)).to(h.dtype)
+
+
+def firing_rates(h: Tensor, threshold: float = 0.0) -> Tensor:
+    """q_j = fraction of the n examples on which unit j is active (h_j > threshold): shape (..., width)."""
+    _check(h)
+    return (h > threshold).to(h.dtype).mean(-2)
 
 
 def active_fraction(h: Tensor, threshold: float = 0.0) -> Tensor:
     """Mean fraction of units active (h > threshold) per example: mean over examples and units."""
-    _check(h)
-    return (h > threshold).to(h.dtype).mean(dim=(-2, -1))
+    return firing_rates(h, threshold).mean(-1)
+
+
+def firing_entropy(q: Tensor) -> Tensor:
+    """Mean over units of the binary entropy (bits) of firing rates q (..., width) -> (...)."""
+    ent = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q)) / math.log(2)
+    return ent.mean(-1)
 
 
 def activation_entropy(h: Tensor, threshold: float = 0.0) -> Tensor:
@@ -57,13 +76,28 @@ def activation_entropy(h: Tensor, threshold: float = 0.0) -> Tensor:
     q_j = P_examples(h_j > threshold); H_j = -q_j log2 q_j - (1 - q_j) log2 (1 - q_j). 0 for units
     that are dead or always on, 1 for units firing on half the inputs (maximally selective).
     """
-    _check(h)
-    q = (h > threshold).double().mean(-2)
+    return firing_entropy(firing_rates(h, threshold))
 
-    def xlog2x(t: Tensor) -> Tensor:
-        return torch.where(t > 0, t * torch.log2(t.clamp_min(1e-300)), torch.zeros_like(t))
 
-    return (-(xlog2x(q) + xlog2x(1 - q))).mean(-1).to(h.dtype)
+#: The signals :func:`cheap_signals` computes, by name.
+CHEAP = ("erank", "active_frac", "act_entropy")
+
+
+def cheap_signals(h: Tensor, names: tuple[str, ...] = CHEAP) -> dict[str, Tensor]:
+    """The named every-epoch signals of one activation tensor, sharing the firing mask."""
+    unknown = set(names) - set(CHEAP)
+    if unknown:
+        raise ValueError(f"names: {sorted(unknown)} are not among {list(CHEAP)}")
+    out: dict[str, Tensor] = {}
+    q = firing_rates(h) if {"active_frac", "act_entropy"} & set(names) else None
+    for name in names:
+        if name == "erank":
+            out[name] = effective_rank(h)
+        elif name == "active_frac":
+            out[name] = q.mean(-1)
+        else:
+            out[name] = firing_entropy(q)
+    return out
 
 
 def linear_cka(a: Tensor, b: Tensor) -> Tensor:
