@@ -20,7 +20,7 @@
 # `torch.manual_seed(seed)`, full-batch AdamW (lr 1e-3, weight decay 0.1).
 
 # %% tags=["parameters"]
-modulus = 23
+modulus = 97
 width = 64
 lr = 1e-3
 weight_decay = 0.1

@@ -21,7 +21,7 @@
 # finding only if the run *generalised*: its test metric reached the threshold and stayed there.
 
 # %% tags=["parameters"]
-modulus = 23
+modulus = 97
 width = 64
 lr = 1e-3
 weight_decay = 0.1
@@ -30,7 +30,7 @@ primary_tasks = ["modular", "regression"]
 primary_operations = ["add"]
 primary_fracs = [0.5, 0.7, 0.9]
 primary_seeds = [42]
-primary_epochs = 600
+primary_epochs = 1200
 sg_window = 51
 sg_order = 3
 skip_frac = 0.02

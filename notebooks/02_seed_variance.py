@@ -20,7 +20,7 @@
 # percentile-bootstrap CI of the mean (10 000 resamples), and how many runs generalised.
 
 # %% tags=["parameters"]
-modulus = 23
+modulus = 97
 width = 64
 lr = 1e-3
 weight_decay = 0.1
@@ -29,7 +29,7 @@ variance_tasks = ["modular"]
 variance_operations = ["add"]
 variance_fracs = [0.5, 0.7, 0.9]
 variance_seeds = [42, 123, 7]
-variance_epochs = 600
+variance_epochs = 1200
 sg_window = 51
 sg_order = 3
 skip_frac = 0.02

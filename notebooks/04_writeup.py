@@ -23,7 +23,7 @@
 # the paper's steepest-rise heuristic reports a "transition" even for a run that never learns.
 
 # %% tags=["parameters"]
-modulus = 23
+modulus = 97
 width = 64
 lr = 1e-3
 weight_decay = 0.1
@@ -32,12 +32,12 @@ primary_tasks = ["modular", "regression"]
 primary_operations = ["add"]
 primary_fracs = [0.5, 0.7, 0.9]
 primary_seeds = [42]
-primary_epochs = 600
+primary_epochs = 1200
 variance_tasks = ["modular"]
 variance_operations = ["add"]
 variance_fracs = [0.5, 0.7, 0.9]
 variance_seeds = [42, 123, 7]
-variance_epochs = 600
+variance_epochs = 1200
 long_fracs = []
 long_seeds = []
 long_epochs = 0

@@ -138,7 +138,9 @@ def train_batch(configs: Sequence[RunConfig]) -> list[RunRecord]:
     with torch_threads(configs[0].threads or TASK_THREADS):
         if configs[0].engine == "batched":
             from .engine import train_batched
-            return train_batched(configs)
+            from .train import make_prober
+            probers = [make_prober(c) for c in configs]
+            return train_batched(configs, probers=probers if any(probers) else None)
         from .train import train_reference
         return [train_reference(c) for c in configs]
 

@@ -18,10 +18,10 @@ from .data import OPERATIONS, TASKS
 
 @dataclass(frozen=True)
 class StudyParams:
-    """Everything a study run needs. Defaults: a fast set (mod 23) for interactive use."""
+    """Everything a study run needs. Defaults: the small fast set (mod 97, 1200 epochs) for notebooks."""
 
     # model and optimiser (PROTOCOL.md section 1)
-    modulus: int = 23
+    modulus: int = 97
     width: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -34,13 +34,13 @@ class StudyParams:
     primary_operations: tuple[str, ...] = ("add",)
     primary_fracs: tuple[float, ...] = (0.5, 0.7, 0.9)
     primary_seeds: tuple[int, ...] = (42,)
-    primary_epochs: int = 600
+    primary_epochs: int = 1200
     # seed-variance sweep (Table 2)
     variance_tasks: tuple[str, ...] = ("modular",)
     variance_operations: tuple[str, ...] = ("add",)
     variance_fracs: tuple[float, ...] = (0.5, 0.7, 0.9)
     variance_seeds: tuple[int, ...] = (42, 123, 7)
-    variance_epochs: int = 600
+    variance_epochs: int = 1200
     # long-horizon runs (0 epochs = none)
     long_fracs: tuple[float, ...] = ()
     long_seeds: tuple[int, ...] = ()

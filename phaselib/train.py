@@ -38,6 +38,27 @@ def make_dataset(cfg: RunConfig) -> Dataset:
     return make_modular(cfg.modulus, cfg.operation, cfg.frac, cfg.seed)
 
 
+def make_prober(cfg: RunConfig, data: Dataset | None = None):
+    """The run's :class:`~phaselib.probes.Prober`, or None when its config asks for no probes.
+
+    ``cfg.probes`` holds the cadences (``hessian_every``, ``noise_every``, ``cka_every``) and
+    ``cheap_signals`` (1 = the representation signals every epoch). The fixed probe set is a
+    seeded subset of the whole table (train and test), drawn by the prober's own generator.
+    """
+    probes = dict(cfg.probes)
+    if not probes:
+        return None
+    from .probes import CHEAP_SIGNALS, ProbeSchedule, Prober
+    data = data or make_dataset(cfg)
+    schedule = ProbeSchedule(every_epoch=CHEAP_SIGNALS if probes.get("cheap_signals") else (),
+                             cka_every=probes.get("cka_every", 0), noise_every=probes.get("noise_every", 0),
+                             hessian_every=probes.get("hessian_every", 0))
+    device = torch.device(cfg.device)
+    x = torch.cat([data.x_train, data.x_test]).to(device)
+    y = torch.cat([data.y_train, data.y_test]).to(device)
+    return Prober(schedule, cfg.task, x, y, seed=cfg.seed)
+
+
 def loss_and_metric(task: str, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy (modular), or MSE and R^2 = 1 - SS_res/SS_tot (regression)."""
     if task == "regression":
@@ -132,6 +153,8 @@ def train_reference(cfg: RunConfig, callbacks: Sequence[Callback] = (), prober=N
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     data = make_dataset(cfg)
+    if prober is None:
+        prober = make_prober(cfg, data)
     with deterministic(cfg.threads):
         model = make_model(data.in_dim, cfg.width, data.out_dim, cfg.seed, device)
         xtr, ytr = data.x_train.to(device), data.y_train.to(device)
