@@ -51,11 +51,14 @@ class StudyParams:
     skip_frac: float = 0.02
     threshold: float = 0.5
     xcorr_max_lag: int = 500
-    # signal probes (0 = off)
-    hessian_every: int = 0
-    noise_every: int = 0
-    cka_every: int = 0
-    cheap_signals: bool = False
+    # probing runs (notebook 03): primary tasks and operations at these fractions and seeds,
+    # with the cheap representation signals every epoch and the others at their cadence (0 = off)
+    probe_fracs: tuple[float, ...] = (0.9,)
+    probe_seeds: tuple[int, ...] = (42,)
+    probe_epochs: int = 1200
+    probe_hessian_every: int = 100
+    probe_noise_every: int = 50
+    probe_cka_every: int = 10
     # where the study writes
     out_dir: str = "results/notebook"
 
@@ -67,15 +70,15 @@ class StudyParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def probes(self) -> dict[str, int]:
-        """The per-run probe cadences that change what a run records (and so its hash)."""
-        d = {"hessian_every": self.hessian_every, "noise_every": self.noise_every,
-             "cka_every": self.cka_every, "cheap_signals": int(self.cheap_signals)}
+        """The probe cadences of the probing runs (part of their config, and so of their hash)."""
+        d = {"hessian_every": self.probe_hessian_every, "noise_every": self.probe_noise_every,
+             "cka_every": self.probe_cka_every, "cheap_signals": 1}
         return {k: v for k, v in d.items() if v}
 
     def run_config(self, **overrides: Any) -> RunConfig:
         base = dict(modulus=self.modulus, width=self.width, lr=self.lr, weight_decay=self.weight_decay,
                     engine=self.engine, device=self.device, threads=self.threads,
-                    record_every=self.record_every, probes=tuple(self.probes().items()))
+                    record_every=self.record_every)
         base.update(overrides)
         return RunConfig(**base)
 
@@ -101,24 +104,22 @@ def validate_params(p: StudyParams) -> None:
         for o in getattr(p, key):
             if o not in OPERATIONS:
                 _fail(key, o, f"a list drawn from {list(OPERATIONS)}")
-    for key in ("primary_fracs", "variance_fracs", "long_fracs"):
+    for key in ("primary_fracs", "variance_fracs", "long_fracs", "probe_fracs"):
         for f in getattr(p, key):
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
                 _fail(key, f, "a list of numbers in the open interval (0, 1)")
-    for key in ("primary_seeds", "variance_seeds", "long_seeds"):
+    for key in ("primary_seeds", "variance_seeds", "long_seeds", "probe_seeds"):
         for s in getattr(p, key):
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 _fail(key, s, "a list of integers >= 0")
-    for key in ("primary_epochs", "variance_epochs"):
+    for key in ("primary_epochs", "variance_epochs", "probe_epochs"):
         v = getattr(p, key)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             _fail(key, v, "an integer > 0")
-    for key in ("long_epochs", "hessian_every", "noise_every", "cka_every"):
+    for key in ("long_epochs", "probe_hessian_every", "probe_noise_every", "probe_cka_every"):
         v = getattr(p, key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             _fail(key, v, "an integer >= 0 (0 = off)")
-    if not isinstance(p.cheap_signals, bool):
-        _fail("cheap_signals", p.cheap_signals, "true or false")
     if isinstance(p.sg_window, bool) or not isinstance(p.sg_window, int) or p.sg_window < 3 or p.sg_window % 2 == 0:
         _fail("sg_window", p.sg_window, "an odd integer >= 3")
     if isinstance(p.sg_order, bool) or not isinstance(p.sg_order, int) or not 0 <= p.sg_order < p.sg_window:

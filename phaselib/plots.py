@@ -146,3 +146,51 @@ def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
     ax.set_ylabel("lag (epochs)")
     ax.set_title("Lag per seed (hollow: did not generalise); mean ± bootstrap 95% CI", fontsize=10)
     return ax
+
+
+#: The probed signals of notebook 03: (signal, axis label, log scale).
+PROBE_PANELS: tuple[tuple[str, str, bool], ...] = (
+    ("hessian_lmax", "λ_max of the Hessian", False), ("hessian_lmin", "λ_min of the Hessian", False),
+    ("hessian_trace", "Hessian trace (±1 s.e.)", False), ("b_simple", "B_simple (examples, log)", True),
+    ("erank", "effective rank of hidden layer", False), ("cka_prev", "CKA to previous probe", False),
+    ("active_frac", "active-neuron fraction", False),
+)
+
+
+def signal_panels(record: RunRecord, analysis: Analysis, alarms: pd.DataFrame | None = None,
+                  panels: Sequence[tuple[str, str, bool]] = PROBE_PANELS) -> plt.Figure:
+    """One panel per probed signal against epoch, the test metric in the last panel; the gradient
+    peak (dashed), steepest metric rise (dotted), generalisation (dash-dot) and detector alarms
+    (red triangles) marked."""
+    present = [p for p in panels if len(record.series(p[0]))]
+    fig, axes = plt.subplots(len(present) + 1, 1, figsize=(7.5, 1.55 * (len(present) + 1)), sharex=True)
+    for ax, (sig, label, log) in zip(axes, present):
+        s = record.series(sig)
+        ax.plot(s.index, s.to_numpy(), lw=1, marker="." if len(s) < 100 else None, ms=3)
+        if sig == "hessian_trace":
+            t = record.table
+            se = t[(t["signal"] == sig) & (t["layer"] == "all")]["stderr"].to_numpy()
+            ax.fill_between(s.index, s.to_numpy() - se, s.to_numpy() + se, alpha=0.3)
+        if sig == "hessian_lmin":
+            ax.axhline(0, color="grey", lw=0.6)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=7)
+        if alarms is not None:
+            a = alarms[(alarms["run"] == record.config.label) & (alarms["signal"] == sig) & alarms["alarm_epoch"].notna()]
+            for e in a["alarm_epoch"]:
+                ax.plot([e], [s.loc[:e].iloc[-1]], "v", color="tab:red", ms=7)
+    m = record.series("test_metric")
+    axes[-1].plot(m.index, m.to_numpy(), color="tab:green")
+    axes[-1].set_ylabel(metric_label(record), fontsize=7)
+    axes[-1].set_xlabel("epoch")
+    for ax in axes:
+        ax.axvline(analysis.gnorm_peak_epoch, color="black", ls="--", lw=0.8)
+        ax.axvline(analysis.metric_transition_epoch, color="tab:green", ls=":", lw=1)
+        if analysis.generalisation_epoch is not None:
+            ax.axvline(analysis.generalisation_epoch, color="tab:red", ls="-.", lw=0.8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_title(f"{record.config.label}: probed signals (dashed: grad peak, dotted: steepest rise, "
+                      f"dash-dot: generalised)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -18,25 +18,27 @@ from .params import StudyParams
 from .record import RunRecord
 from .store import RunStore
 
-GROUPS: tuple[str, ...] = ("primary", "variance", "long")
+GROUPS: tuple[str, ...] = ("primary", "variance", "long", "probing")
 
 
 def study_groups(p: StudyParams) -> dict[str, list[RunConfig]]:
     """The runs of each sweep of a study, in a stable order (task, operation, frac, seed)."""
     groups: dict[str, list[RunConfig]] = {}
-    def grid(tasks, ops, fracs, seeds, epochs) -> list[RunConfig]:
+    def grid(tasks, ops, fracs, seeds, epochs, **extra) -> list[RunConfig]:
         out = []
         for task in tasks:
             for op in (ops if task == "modular" else ("add",)):
                 for frac in fracs:
                     for seed in seeds:
-                        out.append(p.run_config(task=task, operation=op, frac=frac, seed=seed, epochs=epochs))
+                        out.append(p.run_config(task=task, operation=op, frac=frac, seed=seed, epochs=epochs, **extra))
         return out
     groups["primary"] = grid(p.primary_tasks, p.primary_operations, p.primary_fracs, p.primary_seeds, p.primary_epochs)
     groups["variance"] = grid(p.variance_tasks, p.variance_operations, p.variance_fracs, p.variance_seeds,
                               p.variance_epochs)
     groups["long"] = (grid(("modular",), p.primary_operations, p.long_fracs, p.long_seeds, p.long_epochs)
                       if p.long_epochs else [])
+    groups["probing"] = grid(p.primary_tasks, p.primary_operations, p.probe_fracs, p.probe_seeds, p.probe_epochs,
+                             probes=tuple(p.probes().items())) if p.probe_fracs and p.probe_seeds else []
     return groups
 
 

@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Beyond gradient norms: curvature, gradient noise and representations
+#
+# **Question.** Two articles (PROTOCOL.md §4) claim that curvature, gradient noise and
+# representation signals announce phase transitions: λ_min of the Hessian drops tenfold or
+# crosses zero before a transition; the gradient noise scale drops at the onset of feature
+# learning; the effective rank of the hidden representation jumps. Do they, on grokking?
+#
+# **Method.** Probing runs (the primary tasks at the probe fractions) record, on top of the
+# usual signals: every epoch, the effective rank (Roy & Vetterli), active-neuron fraction and
+# activation entropy of the hidden layer on a fixed probe set of 512 examples; every
+# `probe_cka_every` epochs, linear CKA to the previous probe; every `probe_noise_every` epochs
+# the exact per-example gradient noise scale B_simple = tr(Σ)/|G|²; every `probe_hessian_every`
+# epochs λ_max and λ_min by warm-started Lanczos on Hessian-vector products of the train loss
+# (with residuals and convergence flags) and the Hutchinson trace with its standard error.
+# Each claim is then judged by a detector against the run's generalisation event.
+
+# %% tags=["parameters"]
+modulus = 97
+width = 64
+lr = 1e-3
+weight_decay = 0.1
+engine = "batched"
+primary_tasks = ["modular", "regression"]
+primary_operations = ["add"]
+probe_fracs = [0.9]
+probe_seeds = [42]
+probe_epochs = 1200
+probe_hessian_every = 100
+probe_noise_every = 50
+probe_cka_every = 10
+sg_window = 51
+sg_order = 3
+skip_frac = 0.02
+threshold = 0.5
+xcorr_max_lag = 500
+out_dir = "results/notebook"
+
+# %%
+import matplotlib.pyplot as plt
+
+from phaselib import params, plots
+from phaselib.notebook import ensure, say, show
+from phaselib.signal_claims import alarm_table, estimate_quality, verdicts
+from phaselib.sweep import analyse_record, settings_of
+
+P = params.from_namespace(globals())
+S = settings_of(P)
+store, configs = ensure(P, "probing")
+records = list(store.records(configs))
+analyses = [analyse_record(r, S) for r in records]
+alarms = alarm_table(records, P.threshold)
+
+# %% [markdown]
+# ## Are the estimates trustworthy?
+# Before reading trajectories: did the eigensolves converge, and how large are the trace's
+# standard errors relative to the trace?
+
+# %% tags=["nbval-check-output"]
+show(estimate_quality(records))
+
+# %% [markdown]
+# ## Trajectories
+# Each probed signal against epoch, with the gradient-norm peak, the steepest test-metric rise
+# and the generalisation event; red triangles mark the claim detectors' alarms.
+
+# %%
+for rec, a in zip(records, analyses):
+    fig = plots.signal_panels(rec, a, alarms)
+    plots.save(fig, P.out_dir, f"03_signals_{rec.config.task}_{rec.config.frac:.2f}_s{rec.config.seed}")
+    plt.show()
+
+# %% [markdown]
+# ## Alarms per run
+
+# %% tags=["nbval-check-output"]
+show(alarms.drop(columns=["task"]), name="signal_alarms", out_dir=P.out_dir)
+
+# %% [markdown]
+# ## The verdicts
+# A run supports a claim when the detector fires in the predicted direction before its
+# generalisation event; the regression control has no delayed transition, so its alarms are
+# false alarms.
+
+# %% tags=["nbval-check-output"]
+v = verdicts(alarms)
+show(v, name="signal_verdicts", out_dir=P.out_dir)
+
+# %% tags=["nbval-check-output"]
+n_mod = sum(r.config.task == "modular" for r in records)
+say(f"Judged on {n_mod} probed modular run(s) and {len(records) - n_mod} control run(s): "
+    + "; ".join(f"*{r.claim}* — **{r.verdict}** ({r.reason})" for r in v.itertuples())
+    + ". With this few runs a verdict is a first look, not a test: `params/paper.yaml` probes every fraction.")

@@ -1,0 +1,124 @@
+"""The articles' claims about curvature, noise and representation signals, judged per run.
+
+Each claim names a signal, a detector and the direction the article predicts; a run supports
+it when the detector fires, in that direction, *before* the run's generalisation event (the
+first epoch from which the test metric stays >= threshold). Regression-control runs have no
+delayed transition, so any alarm there is counted as a false alarm.
+
+- lambda_min (seed 003): "drops tenfold or crosses zero before a transition":
+  :func:`phaselib.detect.curvature.detect` (persistent tenfold drop / zero crossing).
+- B_simple (seed 002): "the noise scale drops at the onset of feature learning": the online
+  k-sigma detector (:mod:`phaselib.detect.online`) on the sparse B_simple series, direction
+  down, with window and persistence scaled to a probe every N epochs (3 probes each).
+- effective rank (seed 002): "jumps at the onset of feature learning": the first PELT change
+  point (:mod:`phaselib.detect.changepoint`) of the every-epoch erank series, direction up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .detect import changepoint, curvature, online
+from .detect.offline import generalisation_epoch
+from .record import RunRecord
+
+HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
+
+
+@dataclass(frozen=True)
+class SignalAlarm:
+    epoch: int | None
+    direction: str | None
+
+
+def _lmin(values: np.ndarray) -> tuple[int | None, str | None]:
+    a = curvature.detect(values)
+    return (a.index, a.direction) if a else (None, None)
+
+
+def _noise(values: np.ndarray) -> tuple[int | None, str | None]:
+    v = np.log(np.clip(values, 1e-30, None))  # B_simple spans decades: judge it on a log scale
+    alarms = online.replay(v, baseline=max(3, online.baseline_len(len(v))), window=3, persistence=3,
+                           direction="down")
+    return (alarms[0].index, alarms[0].direction) if alarms else (None, None)
+
+
+def _erank(values: np.ndarray) -> tuple[int | None, str | None]:
+    cp = changepoint.detect(values)
+    if cp.transition is None:
+        return None, None
+    i = cp.transition
+    before = values[max(0, i - 50):i].mean()
+    after = values[i:i + 50].mean()
+    return i, "up" if after > before else "down"
+
+
+@dataclass(frozen=True)
+class SignalClaim:
+    claim: str
+    signal: str
+    direction: str
+    detect: Callable[[np.ndarray], tuple[int | None, str | None]]
+
+
+CLAIMS: tuple[SignalClaim, ...] = (
+    SignalClaim("lambda_min drops tenfold or crosses zero before a transition", "hessian_lmin", "down", _lmin),
+    SignalClaim("the noise scale B_simple drops at the onset of feature learning", "b_simple", "down", _noise),
+    SignalClaim("the effective rank jumps at the onset of feature learning", "erank", "up", _erank),
+)
+
+
+def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.DataFrame:
+    """One row per (run, claim): the alarm epoch and direction, the event epoch and the lead."""
+    rows = []
+    for rec in records:
+        metric = rec.series("test_metric")
+        gi = generalisation_epoch(metric.to_numpy(), threshold)
+        event = None if gi is None else int(metric.index[gi])
+        for c in CLAIMS:
+            s = rec.series(c.signal).dropna()
+            idx, direction = c.detect(s.to_numpy()) if len(s) > 3 else (None, None)
+            epoch = None if idx is None else int(s.index[idx])
+            lead = (event - epoch) if (event is not None and epoch is not None) else None
+            rows.append({"run": rec.config.label, "task": rec.config.task, "claim": c.claim, "signal": c.signal,
+                         "alarm_epoch": epoch, "direction": direction, "event_epoch": event, "lead": lead,
+                         "supports": bool(rec.config.task == "modular" and lead is not None and lead > 0
+                                          and direction == c.direction)})
+    return pd.DataFrame(rows)
+
+
+def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
+    """Per claim: supporting runs among generalised modular runs, control false alarms, verdict."""
+    rows = []
+    for c in CLAIMS:
+        a = alarms[alarms["claim"] == c.claim]
+        mod = a[(a["task"] == "modular") & a["event_epoch"].notna()]
+        ctrl = a[a["task"] == "regression"]
+        k, n = int(mod["supports"].sum()), len(mod)
+        fa = int(ctrl["alarm_epoch"].notna().sum())
+        verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
+        leads = mod.loc[mod["supports"], "lead"]
+        rows.append({"claim": c.claim, "supporting runs": f"{k}/{n}",
+                     "median lead (epochs)": float(leads.median()) if len(leads) else np.nan,
+                     "control alarms": f"{fa}/{len(ctrl)}", "verdict": verdict,
+                     "reason": ("no probed modular run generalised" if n == 0 else
+                                f"{k} of {n} generalised runs alarm {c.direction} before the event"
+                                + (f"; the control alarms too ({fa})" if fa else ""))})
+    return pd.DataFrame(rows)
+
+
+def estimate_quality(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """Per run: Hessian probes, how many eigensolves converged, median relative s.e. of the trace."""
+    rows = []
+    for rec in records:
+        t = rec.table[rec.table["layer"] == "all"]
+        conv = {w: t[t["signal"] == f"hessian_{w}_converged"]["value"] for w in ("lmax", "lmin")}
+        tr = t[t["signal"] == "hessian_trace"]
+        rows.append({"run": rec.config.label, "Hessian probes": len(conv["lmax"]),
+                     "λ_max converged": f"{int(conv['lmax'].sum())}/{len(conv['lmax'])}",
+                     "λ_min converged": f"{int(conv['lmin'].sum())}/{len(conv['lmin'])}",
+                     "median trace rel. s.e.": float((tr["stderr"] / tr["value"].abs()).median()) if len(tr) else np.nan})
+    return pd.DataFrame(rows)

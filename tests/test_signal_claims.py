@@ -1,0 +1,49 @@
+import numpy as np
+
+from phaselib.config import RunConfig
+from phaselib.record import RunRecord, concat_tables, tidy
+from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, verdicts
+
+
+def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
+           seed: int = 0) -> RunRecord:
+    """A run with known change epochs in each probed signal and a known generalisation event."""
+    n = 1200
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    metric = np.where(t >= event, 0.95, 0.02) if event is not None else np.full(n, 0.02)
+    erank = 10 + 0.05 * rng.standard_normal(n) + (5.0 * (t >= erank_jump) if erank_jump is not None else 0)
+    cfg = RunConfig(task=task, modulus=11, seed=seed, epochs=n, width=8)
+    base = tidy(cfg.key, t, {("test_metric", "all"): metric, ("erank", "all"): erank})
+    sparse_h = np.arange(0, n, 50)
+    lmin = -0.5 + 0.01 * rng.standard_normal(len(sparse_h))
+    if lmin_drop is not None:
+        lmin[sparse_h >= lmin_drop] *= 20
+    noise = np.exp(2 + 0.05 * rng.standard_normal(len(sparse_h)))
+    if noise_drop is not None:
+        noise[sparse_h >= noise_drop] /= 20
+    extra = tidy(cfg.key, sparse_h, {("hessian_lmin", "all"): lmin, ("b_simple", "all"): noise})
+    return RunRecord(cfg, concat_tables([base, extra]))
+
+
+def test_signals_that_lead_the_event_support_every_claim():
+    recs = [record("modular", 800, 400, 450, 500, seed=s) for s in range(3)] + [record("regression", 0, None, None, None)]
+    a = alarm_table(recs)
+    mod = a[a["task"] == "modular"]
+    assert mod["supports"].all()
+    assert set(mod.loc[mod["signal"] == "hessian_lmin", "alarm_epoch"]) <= set(range(400, 600))
+    erank_epochs = mod.loc[mod["signal"] == "erank", "alarm_epoch"]
+    assert (abs(erank_epochs - 500) <= 10).all()
+    v = verdicts(a)
+    assert (v["verdict"] == HOLDS).all() and (v["control alarms"] == "0/1").all()
+
+
+def test_signals_after_the_event_or_absent_do_not():
+    recs = [record("modular", 300, 700, None, 900, seed=s) for s in range(2)]
+    v = verdicts(alarm_table(recs)).set_index("claim")["verdict"]
+    assert (v == FAILS).all()
+
+
+def test_no_generalised_run_is_untestable():
+    v = verdicts(alarm_table([record("modular", None, 400, 400, 400)]))
+    assert (v["verdict"] == UNTESTABLE).all()
