@@ -1,28 +1,33 @@
 """The batched training engine: R runs of one shape stepped together, with hand-written gradients.
 
-Per step this computes exactly what the dense reference loop (:func:`phaselib.train.train_reference`)
-computes, up to float32 summation order:
+Per step this computes what the dense reference loop (:func:`phaselib.train.train_reference`, the
+oracle of the tests) computes, exactly up to float32 rounding order:
 
 - **One-hot fast path.** Row (a, b) of the modular table has input one-hot(a) ++ one-hot(b), so the
-  first layer's pre-activation is ``W1[:, a] + W1[:, p + b] + b1`` (an ``embedding_bag`` sum of two
-  columns) and its weight gradient is a scatter-add (``index_add_``) of the hidden-layer gradients
-  into columns ``a`` and ``p + b``.
+  first layer's pre-activation is ``W1[:, a] + W1[:, p + b] + b1`` (a gather of two columns) and its
+  weight gradient is a scatter-add of the hidden-layer gradients into columns ``a`` and ``p + b``
+  (done as segment sums by ``embedding_bag``: deterministic, no atomics).
 - **One forward over the table.** Each run's rows are ordered train split first, test split after
-  (its own permutation of the table), so a recorded epoch does one forward over all rows, reads
-  train and test loss/metric from it, and the backward pass reads the train prefix only.
-- **Stacked runs.** The parameters (and AdamW moments) of all runs live in one flat buffer; the
-  output layer is one ``baddbmm`` over runs, the backward ``bmm`` runs over runs of equal train size.
-  :class:`StackedAdamW` steps them all, with one learning rate per run (callbacks may scale it).
+  (its own permutation of the table, with its own labels, so add/sub/mul runs and any fractions
+  and seeds share one shape), so a recorded epoch does one forward over all rows, reads train and
+  test loss/metric from it, and the backward pass reads the train prefix only.
+- **Stacked runs.** The parameters and AdamW moments of all runs live in one flat buffer;
+  :class:`StackedAdamW` steps them all at once with one learning rate per run (callbacks may scale
+  it; a stopped run gets lr 0 and stays put). Norms and signals are computed on the stack.
 - **No per-epoch host synchronisation.** Signals accumulate in a preallocated device tensor that is
   copied to the host once per ``chunk`` epochs. Callbacks and probers need host values, so when any
-  is given the engine syncs once per *recorded* epoch instead (the reference loop does the same).
+  is given the engine syncs once per *recorded* epoch instead (as the reference loop does).
+- **Threads.** On the CPU a modular batch splits its runs between ``min(threads, R)`` worker
+  threads running single-threaded operations (see :class:`_Modular`); the regression control,
+  whose tensors are small, runs all its runs through batched matmuls.
 
-Probers run per run, outside the batched hot path: the run's parameters are copied into a plain
-:class:`~phaselib.models.MLP` at each recorded epoch and the prober is called with it.
+Probes are per run and outside the batched hot path: at each recorded epoch the run's parameters
+are copied into a plain :class:`~phaselib.models.MLP` and its prober is called with that.
 """
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -165,9 +170,8 @@ class _Stack:
 class _Task:
     """Data of R runs of one task, each run's rows ordered train split first, then test split.
 
-    ``groups`` are ranges ``(r0, r1, n)`` of consecutive runs with the same train size ``n``; the
-    caller orders runs by train size so that equal sizes are adjacent and the backward pass can
-    ``bmm`` over each range.
+    Ordering each run's rows this way (its own permutation of the table) makes its train rows a
+    prefix: the forward pass covers all rows, the backward pass reads the first n of them.
     """
 
     def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
@@ -176,153 +180,207 @@ class _Task:
         self.ntr = [len(d.train_idx) for d in data]
         self.N = data[0].n_total
         self.M = max(self.ntr)
+        ntr = torch.tensor(self.ntr, dtype=torch.float32)
+        self.n_train = ntr.to(device)
+        self.n_test = (self.N - ntr).to(device)
+        self.counts = torch.stack([self.n_train, self.n_test], 1)
+        rows = torch.arange(self.N)[None, :]
+        self.train_mask = (rows < ntr[:, None]).float().to(device)
+        self.test_mask = 1.0 - self.train_mask
+        self.rows = [np.concatenate([d.train_idx, d.test_idx]) for d in data]
+
+    def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
+        """Fill ``G`` with the gradient of each run's mean train loss at ``P``.
+
+        With ``record``, the forward covers every row and the result is (R, 4): train loss, test
+        loss, train metric, test metric at ``P``; otherwise only the train rows, and None.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release worker threads, if any."""
+
+    def _mean(self, G: _Stack) -> None:
+        """Divide the gradient sums by each run's train size (on the small results, not per row)."""
+        scale = 1.0 / self.n_train
+        for g in (G.E1, G.b1, G.W2T, G.b2):
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+
+    def _split_sums(self, per_row: torch.Tensor) -> torch.Tensor:
+        """(R, 2) train and test sums of a (R, N) per-row quantity."""
+        return torch.stack([(per_row * self.train_mask).sum(1), (per_row * self.test_mask).sum(1)], 1)
+
+
+class _Work:
+    """One worker's buffers for the modular step of one run (reused by every run it processes).
+
+    The hidden layer carries a constant unit (column ``width``: 0.5 + 0.5 = 1 after the gather)
+    whose output weights are b2, so the matmuls add the output bias and sum its gradient without
+    passes of their own. Logits are padded to ``P8`` classes (zero weights, bias -inf).
+    """
+
+    def __init__(self, p: int, P8: int, width: int, N: int, M: int, max_test: int, device: torch.device) -> None:
+        H = width
+        self.E = torch.empty(2 * p, H + 1, device=device)  # [E1 with b1 folded into the a-rows | 0.5]
+        self.E[:, H] = 0.5
+        self.W2T = torch.zeros(H + 1, P8, device=device)  # [W2^T ; b2]; padding classes 0 / -inf
+        self.W2T[H, p:] = -torch.inf
+        self.h = torch.empty(N, H + 1, device=device)
+        self.h_b = torch.empty(N, H + 1, device=device)
+        self.z = torch.empty(N, P8, device=device)
+        self.prob = torch.empty(M, P8, device=device)  # softmax of the train rows, then dz
+        self.test_lsm = torch.empty(max_test, P8, device=device)
+        self.dW2 = torch.empty(H + 1, p, device=device)
+        self.dh = torch.empty(M, H, device=device)
+        self.neg_one = torch.full((M, 1), -1.0, device=device)
+
+
+class _Modular(_Task):
+    """Modular arithmetic: one-hot first layer as a two-column gather, cross-entropy and accuracy.
+
+    Each run goes through forward, loss and backward on its own (one run's tensors are large
+    enough to keep a core busy per operation), writing its gradient into the stacked buffer and
+    its per-row losses into stacked tables; the optimiser, norms and signals then work on the
+    stack. With ``workers`` > 1 (CPU), the runs are split between that many threads, each
+    running single-threaded operations on its own buffers: runs are independent, so this needs
+    no synchronisation inside a step and, unlike intra-op threading, leaves every number
+    independent of the thread count and of the other runs in the batch.
+
+    The output layer works on logits padded to a multiple of 8 classes: padding classes get
+    probability exactly 0, and aligned rows make the matmul and softmax kernels markedly faster.
+    Gradients are taken from the unpadded view.
+    """
+
+    def __init__(self, data: Sequence[Dataset], device: torch.device, width: int, workers: int = 1) -> None:
+        super().__init__(data, device)
+        p, two_p, N, M = data[0].modulus, data[0].in_dim, self.N, self.M
+        self.p = p
+        self.ia = [torch.as_tensor(d.a[o]).to(device) for d, o in zip(data, self.rows)]
+        self.ib = [torch.as_tensor(d.b[o] + p).to(device) for d, o in zip(data, self.rows)]
+        self.bags = [self._scatter_bags(torch.stack([a[:n], b[:n]], 1).cpu(), two_p, device)
+                     for a, b, n in zip(self.ia, self.ib, self.ntr)]
+        self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.rows)])).to(device)  # (R, N)
+        self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
+        self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
+        workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
+        P8 = -(-p // 8) * 8
+        self.work = [_Work(p, P8, width, N, M, N - min(self.ntr), device) for _ in range(workers)]
+        # contiguous run ranges of about equal rows per worker
+        cost = np.cumsum(self.ntr)
+        cuts = [int(np.searchsorted(cost, cost[-1] * k / workers, side="left")) for k in range(1, workers)]
+        bounds = [0, *cuts, self.R]
+        self.ranges = [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        self.pool = ThreadPoolExecutor(len(self.ranges)) if len(self.ranges) > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    @staticmethod
+    def _scatter_bags(pair: torch.Tensor, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scatter-add ``dE[pair[i, k]] += src[i]`` (k = 0, 1) as bags: each destination row's sources.
+
+        Source indices sorted by destination (stably) and bag offsets let ``embedding_bag`` do the
+        scatter-add as segment sums: deterministic, in source-row order, without atomics.
+        """
+        dest = pair.T.reshape(-1)  # all a-destinations, then all b-destinations
+        src = torch.arange(pair.shape[0]).repeat(2)
+        order = torch.argsort(dest, stable=True)
+        counts = torch.bincount(dest, minlength=rows)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+        return src[order].to(device), offsets.to(device)
+
+    def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
+        if self.pool is None:
+            self._runs(self.work[0], self.ranges[0], P, G, record)
+        else:
+            futures = [self.pool.submit(self._runs, w, rr, P, G, record) for w, rr in zip(self.work, self.ranges)]
+            for f in futures:
+                f.result()
+        self._mean(G)
+        if not record:
+            return None
+        loss, acc = self._split_sums(self.nll), self._split_sums(self.correct.float())
+        return torch.cat([loss / self.counts, acc / self.counts], 1)
+
+    def _runs(self, w: _Work, runs: range, P: _Stack, G: _Stack, record: bool) -> None:
+        """Gradient sums (and per-row losses/hits if ``record``) of the given runs, on buffers ``w``."""
+        with torch.no_grad():  # grad mode is per thread
+            for r in runs:
+                self._run(w, r, P, G, record)
+
+    def _run(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
+        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
+        rows = N if record else n
+        # hidden layer: pre = (W1[:, a] + b1) + W1[:, p + b], a two-column gather per row
+        torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
+        w.E[p:, :H].copy_(P.E1[r, p:])
+        h = torch.index_select(w.E, 0, self.ia[r][:rows], out=w.h[:rows])
+        h.add_(torch.index_select(w.E, 0, self.ib[r][:rows], out=w.h_b[:rows])).relu_()
+        # output layer on padded logits, bias through the constant unit
+        w.W2T[:H, :p].copy_(P.W2T[r])
+        w.W2T[H, :p].copy_(P.b2[r])
+        z = torch.mm(h, w.W2T, out=w.z[:rows])
+        y_tr = self.y[r, :n, None]
+        prob = torch.softmax(z[:n], -1, out=w.prob[:n])
+        if record:
+            torch.ge(z.gather(1, self.y[r, :, None]).squeeze(1), z.amax(1), out=self.correct[r])  # label attains the max
+            torch.log(prob.gather(1, y_tr).squeeze(1), out=self.nll[r, :n]).neg_()
+            lsm = torch.log_softmax(z[n:], -1, out=w.test_lsm[:N - n])
+            torch.gather(lsm, 1, self.y[r, n:, None], out=self.nll[r, n:, None]).neg_()
+        dz = prob.scatter_add_(1, y_tr, w.neg_one[:n])[:, :p]  # softmax - onehot: n * dloss/dz
+        # backward over the train rows; the constant unit's row of h^T dz is db2
+        torch.mm(h[:n].T, dz, out=w.dW2)
+        G.W2T[r].copy_(w.dW2[:H])
+        G.b2[r].copy_(w.dW2[H])
+        dh = torch.mm(dz, P.W2T[r].T, out=w.dh[:n])
+        torch.ops.aten.threshold_backward.grad_input(dh, h[:n, :H], 0.0, grad_input=dh)  # * ReLU'(pre)
+        src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
+        G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))
+        torch.sum(G.E1[r, :p], 0, out=G.b1[r])  # every train row is in exactly one a-column
+
+
+class _Regression(_Task):
+    """The regression control: dense 1-input first layer, MSE loss and R^2, all runs in batched matmuls.
+
+    The tensors are small (n = 2000, width 64), so per-operation overhead dominates and the runs
+    go through every operation together; ``groups`` are ranges (r0, r1, n) of consecutive runs
+    of equal train size (the caller orders runs by train size), over which the backward ``bmm``s run.
+    """
+
+    def __init__(self, data: Sequence[Dataset], device: torch.device, width: int) -> None:
+        super().__init__(data, device)
         self.groups: list[tuple[int, int, int]] = []
         for r, n in enumerate(self.ntr):
             if self.groups and self.groups[-1][2] == n:
                 self.groups[-1] = (self.groups[-1][0], r + 1, n)
             else:
                 self.groups.append((r, r + 1, n))
-        ntr = torch.tensor(self.ntr, dtype=torch.float32)
-        self.n_train = ntr.to(device)
-        self.n_test = (self.N - ntr).to(device)
-        rows = torch.arange(self.N)[None, :]
-        self.train_mask = (rows < ntr[:, None]).float().to(device)
-        self.test_mask = 1.0 - self.train_mask
-
-    @staticmethod
-    def order(data: Dataset) -> np.ndarray:
-        """A run's row order: its train indices, then its test indices (both as the split drew them)."""
-        return np.concatenate([data.train_idx, data.test_idx])
+        self.x = torch.stack([torch.cat([d.x_train, d.x_test]) for d in data]).to(device)  # (R, N, 1)
+        self.y = torch.stack([torch.cat([d.y_train, d.y_test]) for d in data]).to(device)
+        # SS_tot of each split, computed as loss_and_metric does
+        self.ss_tot = torch.stack([torch.stack([((d.y_train - d.y_train.mean()) ** 2).sum(),
+                                                ((d.y_test - d.y_test.mean()) ** 2).sum()]) for d in data]).to(device)
 
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
-        """Fill ``G`` with the gradient of each run's mean train loss at ``P``.
-
-        With ``record``, return (R, 4): train loss, test loss, train metric, test metric at ``P``.
-        """
         rows = self.N if record else self.M
-        h = self.hidden(P, rows)
-        out = torch.baddbmm(P.b2[:, None, :], h, P.W2T)
-        stats, dout = self.head(out, record)
+        x = self.x[:, :rows]
+        h = torch.baddbmm(P.b1[:, None, :], x, P.E1).relu_()
+        resid = torch.baddbmm(P.b2[:, None, :], h, P.W2T).sub_(self.y[:, :rows])
+        dout = resid * 2.0  # n * d(mean squared error)/d(out)
         for r0, r1, n in self.groups:
             dz, hg = dout[r0:r1, :n], h[r0:r1, :n]
             torch.bmm(hg.transpose(1, 2), dz, out=G.W2T[r0:r1])
             torch.sum(dz, 1, out=G.b2[r0:r1])
             dh = torch.bmm(dz, P.W2T[r0:r1].transpose(1, 2))
-            dpre = torch.ops.aten.threshold_backward(dh, hg, 0.0)  # ReLU'(pre) = [h > 0]
-            self.first_layer_grad(r0, r1, n, dpre, G)
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, hg, 0.0, grad_input=dh)  # * ReLU'(pre)
+            torch.bmm(x[r0:r1, :n].transpose(1, 2), dpre, out=G.E1[r0:r1])
             torch.sum(dpre, 1, out=G.b1[r0:r1])
-        scale = 1.0 / self.n_train  # mean over the run's train rows, applied to the small results
-        for g in (G.E1, G.b1, G.W2T, G.b2):
-            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
-        return stats
-
-    # hooks
-    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-        raise NotImplementedError
-
-    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
-        raise NotImplementedError
-
-    def _stats(self, per_row: torch.Tensor) -> torch.Tensor:
-        """(R, 2) train and test sums of a (R, N) per-row quantity."""
-        return torch.stack([(per_row * self.train_mask).sum(1), (per_row * self.test_mask).sum(1)], 1)
-
-
-class _Modular(_Task):
-    """Modular arithmetic: one-hot first layer as a two-column gather, cross-entropy and accuracy."""
-
-    def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
-        super().__init__(data, device)
-        p, two_p = data[0].modulus, data[0].in_dim
-        rows = [self.order(d) for d in data]
-        base = (np.arange(self.R) * two_p)[:, None]
-        ia = np.stack([d.a[o] for d, o in zip(data, rows)]) + base
-        ib = np.stack([d.b[o] for d, o in zip(data, rows)]) + p + base
-        pair = torch.as_tensor(np.stack([ia, ib], 2))  # (R, N, 2) rows of the flat (R*2p, H) E1
-        self.pair_all = pair.reshape(-1, 2).to(device)
-        self.pair_train = pair[:, :self.M].reshape(-1, 2).to(device)
-        self.bags = {r0: self._scatter_bags(pair[r0:r1, :n] - r0 * two_p, two_p, device) for r0, r1, n in self.groups}
-        self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, rows)])).to(device)  # (R, N)
-        self.prob = torch.empty(self.R, self.M, p, device=device)  # softmax of the train rows, then dz
-        self.test_lsm = torch.empty(self.N - min(self.ntr), p, device=device)
-        self.nll = torch.empty(self.R, self.N, device=device)
-        self.neg_one = torch.full((self.M, 1), -1.0, device=device)
-
-    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
-        pair = self.pair_all if rows == self.N else self.pair_train
-        E1 = P.E1.view(-1, P.E1.shape[-1])
-        h = F.embedding_bag(pair, E1, mode="sum").view(self.R, rows, -1)  # W1[:, a] + W1[:, p+b]
-        return h.add_(P.b1[:, None, :]).relu_()
-
-    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-        if record:
-            z_label = out.gather(2, self.y[:, :, None]).squeeze(2)
-            correct = (z_label >= out.amax(2)).float()  # argmax == label, up to exact float ties
-        for r, n in enumerate(self.ntr):
-            prob = torch.softmax(out[r, :n], -1, out=self.prob[r, :n])
-            y_tr = self.y[r, :n, None]
-            if record:
-                torch.log(prob.gather(1, y_tr).squeeze(1), out=self.nll[r, :n]).neg_()
-                lsm = torch.log_softmax(out[r, n:], -1, out=self.test_lsm[:self.N - n])
-                torch.gather(lsm, 1, self.y[r, n:, None], out=self.nll[r, n:, None]).neg_()
-            prob.scatter_add_(1, y_tr, self.neg_one[:n])  # dz = softmax - onehot (times 1/n later)
+        self._mean(G)
         if not record:
-            return None, self.prob
-        loss, acc = self._stats(self.nll), self._stats(correct)
-        counts = torch.stack([self.n_train, self.n_test], 1)
-        return torch.cat([loss / counts, acc / counts], 1), self.prob
-
-    @staticmethod
-    def _scatter_bags(pair: torch.Tensor, two_p: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The scatter-add ``dE1[pair[i, k]] += src[i]`` as bags: for each destination row, its sources.
-
-        ``pair`` is (runs, n, 2) destination rows into the runs' flat (runs*2p, H) E1; the result
-        (source rows sorted by destination, stable, and bag offsets) lets ``embedding_bag`` do the
-        scatter-add as segment sums, deterministically, in source-row order.
-        """
-        dest = pair.reshape(-1, 2).T.reshape(-1)  # all a-destinations, then all b-destinations
-        src = torch.arange(pair.shape[0] * pair.shape[1]).repeat(2)
-        order = torch.argsort(dest, stable=True)
-        counts = torch.bincount(dest, minlength=pair.shape[0] * two_p)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
-        return src[order].to(device), offsets.to(device)
-
-    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
-        src, offsets = self.bags[r0]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row] over train rows
-        dE1 = F.embedding_bag(src, dpre.reshape(-1, dpre.shape[-1]), offsets, mode="sum")
-        G.E1[r0:r1].view(-1, dE1.shape[-1]).copy_(dE1)
-
-
-class _Regression(_Task):
-    """The regression control: dense 1-input first layer, MSE loss and R^2."""
-
-    def __init__(self, data: Sequence[Dataset], device: torch.device) -> None:
-        super().__init__(data, device)
-        x = [torch.cat([d.x_train, d.x_test]) for d in data]
-        y = [torch.cat([d.y_train, d.y_test]) for d in data]
-        self.x = torch.stack(x).to(device)  # (R, N, 1)
-        self.y = torch.stack(y).to(device)
-        # SS_tot of each split, computed as loss_and_metric does
-        self.ss_tot = torch.stack([torch.stack([((d.y_train - d.y_train.mean()) ** 2).sum(),
-                                                ((d.y_test - d.y_test.mean()) ** 2).sum()]) for d in data]).to(device)
-
-    def hidden(self, P: _Stack, rows: int) -> torch.Tensor:
-        return torch.baddbmm(P.b1[:, None, :], self.x[:, :rows], P.E1).relu_()
-
-    def head(self, out: torch.Tensor, record: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-        resid = out - self.y[:, :out.shape[1]]
-        dout = resid * 2.0  # d(mean squared error)/d(out), times n
-        if not record:
-            return None, dout
-        ss_res = self._stats(resid.squeeze(2).square())
-        counts = torch.stack([self.n_train, self.n_test], 1)
-        return torch.cat([ss_res / counts, 1.0 - ss_res / self.ss_tot], 1), dout
-
-    def first_layer_grad(self, r0: int, r1: int, n: int, dpre: torch.Tensor, G: _Stack) -> None:
-        torch.bmm(self.x[r0:r1, :n].transpose(1, 2), dpre, out=G.E1[r0:r1])
+            return None
+        ss_res = self._split_sums(resid.squeeze(2).square())
+        return torch.cat([ss_res / self.counts, 1.0 - ss_res / self.ss_tot], 1)
 
 
 # ------------------------------------------------------------------ the engine
@@ -334,9 +392,20 @@ def _run_order(data: Sequence[Dataset]) -> list[int]:
 
 
 def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.device) -> tuple[_Task, _Stack]:
-    """The task's stacked data and the runs' initial parameters (each from make_model, as the reference)."""
+    """The task's stacked data and the runs' initial parameters (each from make_model, as the reference).
+
+    Call inside :func:`deterministic`: a modular batch on the CPU splits its runs between
+    ``min(threads, R)`` worker threads and sets the intra-op thread count to the rest
+    (``threads // workers``, at least 1); the caller's context restores it.
+    """
     c0, d0 = cfgs[0], data[0]
-    task = (_Regression if c0.task == "regression" else _Modular)(data, device)
+    if c0.task == "regression":
+        task: _Task = _Regression(data, device, c0.width)
+    else:
+        threads = torch.get_num_threads()
+        workers = min(threads, len(cfgs)) if device.type == "cpu" else 1
+        torch.set_num_threads(max(1, threads // workers))
+        task = _Modular(data, device, c0.width, workers)
     P = _Stack(_Shape(d0.in_dim, c0.width, d0.out_dim), len(cfgs), device)
     for r, (c, d) in enumerate(zip(cfgs, data)):
         P.load(r, make_model(d.in_dim, c.width, d.out_dim, c.seed))
@@ -355,7 +424,10 @@ def initial_gradients(configs: Sequence[RunConfig]) -> list[dict[str, torch.Tens
     with deterministic(configs[0].threads), torch.no_grad():
         task, P = _build([configs[i] for i in order], [data[i] for i in order], torch.device(configs[0].device))
         G = P.like()
-        task.step(P, G, record=False)
+        try:
+            task.step(P, G, record=False)
+        finally:
+            task.close()
     out: list[dict[str, torch.Tensor]] = [{} for _ in configs]
     for r, i in enumerate(order):
         out[i] = {"fc1.weight": G.E1[r].T.clone(), "fc1.bias": G.b1[r].clone(),
@@ -409,44 +481,48 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
     last = np.full(R, cfg0.epochs - 1)
     host = np.zeros((len(rec), R, len(BASE_COLUMNS)), dtype=np.float32)
     with deterministic(cfg0.threads), torch.no_grad():
+        threads = torch.get_num_threads()  # _build may move some to worker threads; probers get them all
         task, P = _build(cfgs, data, device)
-        G = P.like()
-        lr = np.array([c.lr for c in cfgs], dtype=np.float64)
-        opt = StackedAdamW(P.flat, R, P.sizes, lr, cfg0.weight_decay)
-        lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
-        buf = torch.empty(len(rec), R, len(BASE_COLUMNS), device=device)
-        probe_models: dict[int, MLP] = {}
-        stopped = np.zeros(R, dtype=bool)
-        row = flushed = done_epochs = 0
-        for epoch in range(cfg0.epochs):
-            record = bool(is_rec[epoch])
-            stats = task.step(P, G, record)
-            if record:
-                torch.cat([G.layer_norms(), P.layer_norms(), stats, lr_col[:, None]], 1, out=buf[row])
-                if sync_each:
-                    flushed = _flush(buf, host, row, row + 1)  # the one host sync callbacks and probers need
-                    changed = _host_hooks(epoch, row, host, cfgs, data, cbs, prb, controls, extra, stopped,
-                                          P, probe_models, device)
-                    for r in changed:  # as train_reference: the row shows the lr the step will use
-                        lr[r] = cfgs[r].lr * controls[r].lr_scale
-                        host[row, r, _LR_COL] = lr[r]
-                        if controls[r].stop_reason is not None:  # frozen: lr 0 leaves its parameters as they are
-                            stopped[r], rows_of[r], last[r], lr[r] = True, row + 1, epoch, 0.0
-                    if changed:
-                        opt.set_lr(lr)
-                        lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
-                row += 1
-                if stopped.all():
-                    break
-            opt.step(G.flat)
-            if (epoch + 1) % chunk == 0:
-                flushed = _flush(buf, host, flushed, row)
-                if progress is not None:
-                    progress(epoch + 1 - done_epochs)
-                done_epochs = epoch + 1
-        flushed = _flush(buf, host, flushed, row)
-        if progress is not None and epoch + 1 > done_epochs:
-            progress(epoch + 1 - done_epochs)
+        try:
+            G = P.like()
+            lr = np.array([c.lr for c in cfgs], dtype=np.float64)
+            opt = StackedAdamW(P.flat, R, P.sizes, lr, cfg0.weight_decay)
+            lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
+            buf = torch.empty(len(rec), R, len(BASE_COLUMNS), device=device)
+            probe_models: dict[int, MLP] = {}
+            stopped = np.zeros(R, dtype=bool)
+            row = flushed = done_epochs = 0
+            for epoch in range(cfg0.epochs):
+                record = bool(is_rec[epoch])
+                stats = task.step(P, G, record)
+                if record:
+                    torch.cat([G.layer_norms(), P.layer_norms(), stats, lr_col[:, None]], 1, out=buf[row])
+                    if sync_each:
+                        flushed = _flush(buf, host, row, row + 1)  # the one host sync callbacks and probers need
+                        changed = _host_hooks(epoch, row, host, cfgs, data, cbs, prb, controls, extra, stopped,
+                                              P, probe_models, device, threads)
+                        for r in changed:  # as train_reference: the row shows the lr the step will use
+                            lr[r] = cfgs[r].lr * controls[r].lr_scale
+                            host[row, r, _LR_COL] = lr[r]
+                            if controls[r].stop_reason is not None:  # frozen: lr 0 leaves its parameters as they are
+                                stopped[r], rows_of[r], last[r], lr[r] = True, row + 1, epoch, 0.0
+                        if changed:
+                            opt.set_lr(lr)
+                            lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
+                    row += 1
+                    if stopped.all():
+                        break
+                opt.step(G.flat)
+                if (epoch + 1) % chunk == 0:
+                    flushed = _flush(buf, host, flushed, row)
+                    if progress is not None:
+                        progress(epoch + 1 - done_epochs)
+                    done_epochs = epoch + 1
+            flushed = _flush(buf, host, flushed, row)
+            if progress is not None and epoch + 1 > done_epochs:
+                progress(epoch + 1 - done_epochs)
+        finally:
+            task.close()
     wall = time.perf_counter() - t0
     records: list[RunRecord | None] = [None] * R
     for r, c in enumerate(cfgs):
@@ -471,7 +547,7 @@ def _flush(buf: torch.Tensor, host: np.ndarray, flushed: int, row: int) -> int:
 def _host_hooks(epoch: int, row: int, host: np.ndarray, cfgs: Sequence[RunConfig], data: Sequence[Dataset],
                 cbs: Sequence[Sequence[Callback]], prb: Sequence, controls: Sequence[TrainControl],
                 extra: list[list[dict]], stopped: np.ndarray, P: _Stack, probe_models: dict[int, MLP],
-                device: torch.device) -> list[int]:
+                device: torch.device, threads: int) -> list[int]:
     """Run probers then callbacks of each live run at a recorded epoch, as train_reference does.
 
     Returns the runs whose lr scale changed or that were stopped.
@@ -485,8 +561,13 @@ def _host_hooks(epoch: int, row: int, host: np.ndarray, cfgs: Sequence[RunConfig
                 with torch.random.fork_rng(devices=[]):  # building a module draws from the global RNG
                     probe_models[r] = MLP(data[r].in_dim, cfgs[r].width, data[r].out_dim).to(device)
             model = P.store(r, probe_models[r])
-            with torch.enable_grad():
-                extra[r].extend(prb[r].rows(model, epoch, data[r].x_train.to(device), data[r].y_train.to(device)))
+            step_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                with torch.enable_grad():
+                    extra[r].extend(prb[r].rows(model, epoch, data[r].x_train.to(device), data[r].y_train.to(device)))
+            finally:
+                torch.set_num_threads(step_threads)
         if cbs[r]:
             ctl = controls[r]
             ctl.epoch = epoch

@@ -13,12 +13,15 @@ from phaselib.record import RunRecord
 from phaselib.train import BASE_COLUMNS, make_dataset, train_reference
 
 RTOL = 1e-5
+#: Tests run single-threaded: the machine may be shared, where intra-op thread pools stall, and
+#: records do not depend on the thread count (test_records_do_not_depend_on_threads_or_batch_mates).
+ONE = {"threads": 1}
 
 
 def mixed_batch(p: int = 13, epochs: int = 50, width: int = 32) -> list[RunConfig]:
     """Several operations, fractions and seeds of one shape (they share the p x p table)."""
     runs = [("add", 0.5, 1), ("sub", 0.7, 2), ("mul", 0.7, 3), ("add", 0.9, 4), ("add", 0.5, 5), ("sub", 0.3, 6)]
-    return [RunConfig(modulus=p, operation=op, frac=f, seed=s, epochs=epochs, width=width, engine="batched")
+    return [RunConfig(modulus=p, operation=op, frac=f, seed=s, epochs=epochs, width=width, engine="batched", **ONE)
             for op, f, s in runs]
 
 
@@ -49,19 +52,20 @@ def test_mixed_batch_agrees_with_reference_over_50_epochs():
 
 
 def test_full_size_p97_agrees_with_reference_over_50_epochs():
-    cfgs = [RunConfig(modulus=97, frac=0.7, seed=42, epochs=50), RunConfig(modulus=97, frac=0.5, seed=7, epochs=50)]
+    cfgs = [RunConfig(modulus=97, frac=f, seed=s, epochs=50, **ONE) for f, s in ((0.7, 42), (0.5, 7))]
     for rec, cfg in zip(train_batched(cfgs), cfgs):
         assert_agrees(rec, train_reference(cfg))
 
 
 def test_division_batch_agrees_with_reference():
-    cfgs = [RunConfig(modulus=11, operation="div", frac=f, seed=s, epochs=50, width=16) for f, s in ((0.7, 1), (0.4, 2))]
+    cfgs = [RunConfig(modulus=11, operation="div", frac=f, seed=s, epochs=50, width=16, **ONE)
+            for f, s in ((0.7, 1), (0.4, 2))]
     for rec, cfg in zip(train_batched(cfgs), cfgs):
         assert_agrees(rec, train_reference(cfg))
 
 
 def test_regression_batch_agrees_with_reference():
-    cfgs = [RunConfig(task="regression", frac=f, seed=s, epochs=50) for f, s in ((0.5, 42), (0.7, 42), (0.7, 7))]
+    cfgs = [RunConfig(task="regression", frac=f, seed=s, epochs=50, **ONE) for f, s in ((0.5, 42), (0.7, 42), (0.7, 7))]
     for rec, cfg in zip(train_batched(cfgs), cfgs):
         assert_agrees(rec, train_reference(cfg))
 
@@ -78,7 +82,7 @@ def test_one_step_gradients_equal_autograd_on_the_dense_model(task):
     if task == "modular":
         cfgs = mixed_batch(p=23, width=64)
     else:
-        cfgs = [RunConfig(task="regression", frac=f, seed=s) for f, s in ((0.5, 1), (0.9, 2))]
+        cfgs = [RunConfig(task="regression", frac=f, seed=s, **ONE) for f, s in ((0.5, 1), (0.9, 2))]
     for grads, cfg in zip(initial_gradients(cfgs), cfgs):
         d = make_dataset(cfg)
         model = make_model(d.in_dim, cfg.width, d.out_dim, cfg.seed)
@@ -184,12 +188,17 @@ def test_same_call_is_bit_identical():
     assert all(x.table.equals(y.table) for x, y in zip(a, b))
 
 
-def test_a_runs_record_does_not_depend_on_its_batch_mates():
+def test_records_do_not_depend_on_threads_or_batch_mates():
+    """Bit-identical: alone or batched, in any order, on one thread or split between two workers."""
     cfgs = mixed_batch(p=23, epochs=30, width=64)
+    threads = torch.get_num_threads()
     together = train_batched(cfgs)
     for i in (0, 3):
         assert train_batched([cfgs[i]])[0].table.equals(together[i].table)
     assert train_batched(cfgs[::-1])[::-1][1].table.equals(together[1].table)
+    two = train_batched([c.replace(threads=2) for c in cfgs])
+    assert all(a.table.equals(b.table) for a, b in zip(two, together))
+    assert torch.get_num_threads() == threads  # the workers' thread setting is undone
 
 
 def test_rejects_runs_of_different_batch_keys():

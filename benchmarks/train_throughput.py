@@ -1,0 +1,221 @@
+"""Training throughput: the reference loop against the batched engine, side by side, in one process.
+
+    python benchmarks/train_throughput.py --json results/bench_train.json
+
+Workload: a fixed-epoch slice of the paper's 15-run study (params/paper.yaml): every run of the
+study, grouped into the batches the sweep forms for it (3 primary modular runs, 3 regression runs,
+9 seed-variance runs), each trained for the first ``--epochs`` epochs instead of 3000/2000. The
+per-epoch work does not change over training (every operation is dense), so the slice has the
+study's mix of runs at a fraction of its time.
+
+Timing: the steady-state loop. Progress hooks timestamp the end of epoch ``--warmup`` and the end
+of the last epoch; setup (datasets, models) and record assembly fall outside. ``--repeats``
+repetitions alternate the order of the two engines; each reports its own ratio and the JSON holds
+the medians (the machine may be shared, so absolute times are noisy, ratios less so).
+
+FLOPs counted (useful arithmetic of the model; a multiply-add is 2, an add 1; elementwise work --
+bias, ReLU, softmax, loss, optimiser -- is not counted). Per run-epoch, with N rows in the table,
+n train rows, width H, P outputs:
+
+- modular: output layer forward over the table 2*N*H*P, backward over the train rows (dW2 and
+  dh) 4*n*H*P; hidden layer: the two-column gather-sum N*H, its scatter-add gradient 2*n*H.
+  At p = 97, 70%: 0.117 + 0.164 + 0.0006 + 0.0008 = 0.282 GFLOP.
+- regression (1 input, 1 output): forward 2*N*H (first layer) + 2*N*H (output layer); backward
+  2*n*H (dW2) + 2*n*H (dh) + 2*n*H (dW1).
+
+``achieved_gflops`` = counted FLOPs of the batched engine's timed epochs / their time.
+``sgemm_gflops`` = best torch.mm throughput, float32, at the output layer's forward shape of one
+run ((p*p, H) @ (H, p) = (9409, 64) @ (64, 97)), measured in each repetition in this process.
+``roofline_fraction`` = achieved_gflops / sgemm_gflops. A 2048^3 sgemm is measured alongside
+(``sgemm_square_gflops``) for context.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from phaselib.config import RunConfig  # noqa: E402
+from phaselib.engine import train_batched  # noqa: E402
+from phaselib.executors import batches  # noqa: E402
+from phaselib.params import load  # noqa: E402
+from phaselib.sweep import all_configs, study_groups  # noqa: E402
+from phaselib.train import make_dataset, recorded_epochs, train_reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_epoch_flops(cfg: RunConfig, record: bool = True) -> float:
+    """Counted FLOPs of one epoch of one run (see the module docstring for the formula)."""
+    d = make_dataset(cfg)
+    N, n, H, P = d.n_total, len(d.train_idx), cfg.width, d.out_dim
+    rows = N if record else n
+    if cfg.task == "regression":
+        return 2 * rows * H + 2 * rows * H * P + 6 * n * H
+    return 2 * rows * H * P + 4 * n * H * P + rows * H + 2 * n * H
+
+
+def study_flops(cfg: RunConfig, first: int, last: int) -> float:
+    """Counted FLOPs of epochs ``first..last-1`` of a run (recorded epochs do the full-table forward)."""
+    rec = set(recorded_epochs(cfg).tolist())
+    full, part = run_epoch_flops(cfg, True), run_epoch_flops(cfg, False)
+    return float(sum(full if e in rec else part for e in range(first, last)))
+
+
+class Stamps:
+    """A progress hook that timestamps when the loop passes ``start`` epochs and when it ends."""
+
+    def __init__(self, start: int) -> None:
+        self.start, self.done, self.t_start, self.t_end = start, 0, None, None
+
+    def __call__(self, k: int) -> None:
+        self.done += k
+        now = time.perf_counter()
+        if self.t_start is None and self.done >= self.start:
+            self.t_start, self.start = now, self.done
+        self.t_end = now
+
+    @property
+    def seconds(self) -> float:
+        return self.t_end - self.t_start
+
+
+def time_reference(cfgs: Sequence[RunConfig], warmup: int) -> dict:
+    t0 = time.perf_counter()
+    loop_s, run_epochs, recs = 0.0, 0, []
+    for c in cfgs:
+        st = Stamps(warmup)
+        recs.append(train_reference(c, progress=st))
+        loop_s += st.seconds
+        run_epochs += c.epochs - st.start
+    return {"loop_s": loop_s, "run_epochs": run_epochs, "wall_s": time.perf_counter() - t0, "records": recs}
+
+
+def time_batched(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
+    t0 = time.perf_counter()
+    loop_s, run_epochs, flops, recs = 0.0, 0, 0.0, []
+    for g in groups:
+        st = Stamps(warmup)
+        recs.extend(train_batched(g, chunk=warmup, progress=st))
+        loop_s += st.seconds
+        run_epochs += len(g) * (g[0].epochs - st.start)
+        flops += sum(study_flops(c, st.start, c.epochs) for c in g)
+    return {"loop_s": loop_s, "run_epochs": run_epochs, "flops": flops, "wall_s": time.perf_counter() - t0,
+            "records": recs}
+
+
+def sgemm_gflops(m: int, k: int, n: int, min_seconds: float = 0.3) -> float:
+    """Best float32 torch.mm throughput (GFLOP/s) of (m, k) @ (k, n) over at least ``min_seconds``."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    out = torch.empty(m, n)
+    torch.mm(a, b, out=out)
+    best, spent = float("inf"), 0.0
+    while spent < min_seconds:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+    return 2.0 * m * k * n / best / 1e9
+
+
+def agreement(ref: Sequence, bat: Sequence) -> float:
+    """Largest relative difference of the combined gradient norm between the engines (runs in the same order)."""
+    worst = 0.0
+    for r, b in zip(ref, bat):
+        x, y = b.series("grad_norm").to_numpy(), r.series("grad_norm").to_numpy()
+        worst = max(worst, float(np.max(np.abs(x - y) / np.abs(y))))
+    return worst
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--params", type=Path, default=ROOT / "params" / "paper.yaml")
+    ap.add_argument("--epochs", type=int, default=60, help="epochs of each run in the slice")
+    ap.add_argument("--warmup", type=int, default=10, help="epochs of each run left out of the timing")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args(argv)
+    if not 0 < args.warmup < args.epochs:
+        ap.error("--warmup must be in (0, --epochs)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    load_before = os.getloadavg()
+
+    study = all_configs(study_groups(load(args.params)))
+    groups = [[c.replace(epochs=args.epochs, engine="batched", threads=threads) for c in g] for g in batches(study)]
+    ref_cfgs = [c.replace(engine="reference") for g in groups for c in g]
+    study_run_epochs = sum(c.epochs for c in study)
+
+    # warm both paths (allocator, kernels' first calls)
+    train_reference(ref_cfgs[0].replace(epochs=3))
+    train_batched([c.replace(epochs=3) for c in groups[-1]])
+
+    reps = []
+    for i in range(args.repeats):
+        runs: dict[str, dict] = {}
+        order: list[tuple[str, Callable[[], dict]]] = [("reference", lambda: time_reference(ref_cfgs, args.warmup)),
+                                                       ("batched", lambda: time_batched(groups, args.warmup))]
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
+            runs[name] = fn()
+        sg = sgemm_gflops(9409, 64, 97)
+        sq = sgemm_gflops(2048, 2048, 2048, min_seconds=0.5)
+        ref, bat = runs["reference"], runs["batched"]
+        ref_ms = ref["loop_s"] / ref["run_epochs"] * 1e3
+        bat_ms = bat["loop_s"] / bat["run_epochs"] * 1e3
+        achieved = bat["flops"] / bat["loop_s"] / 1e9
+        reps.append({"reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms,
+                     "speedup": ref_ms / bat_ms, "achieved_gflops": achieved, "sgemm_gflops": sg,
+                     "roofline_fraction": achieved / sg, "sgemm_square_gflops": sq,
+                     "roofline_fraction_square": achieved / sq,
+                     "reference_wall_s": ref["wall_s"], "batched_wall_s": bat["wall_s"],
+                     "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"])})
+        print(f"repeat {i + 1}/{args.repeats}: reference {ref_ms:.2f} ms/run-epoch, batched {bat_ms:.2f} "
+              f"(x{ref_ms / bat_ms:.1f}); {achieved:.1f} GFLOP/s = {achieved / sg:.2f} of sgemm {sg:.1f}", flush=True)
+
+    med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    result = {
+        "workload": (f"fixed-epoch slice of the paper's 15-run study ({args.params.name}): all {len(ref_cfgs)} runs, "
+                     f"in the sweep's batches of {[len(g) for g in groups]}, {args.epochs} epochs each, the first "
+                     f"{args.warmup} untimed"),
+        "runs": len(ref_cfgs), "batch_sizes": [len(g) for g in groups], "epochs_per_run": args.epochs,
+        "timed_epochs_per_run": args.epochs - args.warmup, "repeats": args.repeats, "threads": threads,
+        **{k: med[k] for k in ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "speedup",
+                               "achieved_gflops", "sgemm_gflops", "roofline_fraction", "sgemm_square_gflops",
+                               "roofline_fraction_square", "max_rel_diff_grad_norm")},
+        "sgemm_shape": [9409, 64, 97],
+        "study_estimate_s": {"reference": med["reference_ms_per_run_epoch"] * study_run_epochs / 1e3,
+                             "batched": med["batched_ms_per_run_epoch"] * study_run_epochs / 1e3,
+                             "run_epochs": study_run_epochs},
+        "flops_formula": ("modular: 2*N*H*P (output fwd, table) + 4*n*H*P (output bwd, train rows) + N*H (gather-sum) "
+                          "+ 2*n*H (scatter-add); regression: 4*N*H + 6*n*H; elementwise work not counted"),
+        "per_repeat": reps, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__},
+    }
+    print(f"\n{result['workload']}\nmedians of {args.repeats}: reference {med['reference_ms_per_run_epoch']:.2f} "
+          f"ms/run-epoch, batched {med['batched_ms_per_run_epoch']:.2f}, speedup x{med['speedup']:.1f}; "
+          f"batched {med['achieved_gflops']:.1f} GFLOP/s against sgemm {med['sgemm_gflops']:.1f} "
+          f"(roofline fraction {med['roofline_fraction']:.2f}; square sgemm {med['sgemm_square_gflops']:.1f}); "
+          f"full study estimated {result['study_estimate_s']['reference']:.0f} s -> "
+          f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
