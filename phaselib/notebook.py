@@ -10,12 +10,13 @@ from .config import RunConfig
 from .outputs import store_path
 from .params import StudyParams
 from .store import RunStore
+from .tables import markdown
 from .sweep import run_missing, study_groups
 
 
 def show(df: pd.DataFrame, floatfmt: str = ".3g", name: str | None = None, out_dir: str | None = None) -> None:
     """Render a table as Markdown with stable rounding; optionally save it as CSV and Markdown."""
-    md = df.to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+    md = markdown(df, floatfmt)
     if name and out_dir:
         d = Path(out_dir) / "tables"
         d.mkdir(parents=True, exist_ok=True)

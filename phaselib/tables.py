@@ -65,8 +65,19 @@ def table2(summary: pd.DataFrame, group: str = "variance") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A Markdown table with stable rounding; whole-number float columns print as integers."""
+    df = df.copy()
+    for c in df.columns:
+        col = df[c]
+        if col.dtype.kind == "f" and col.notna().any() and np.all(np.mod(col.dropna(), 1) == 0) \
+                and col.abs().max() < 1e15:
+            df[c] = col.astype("Int64").astype(object).where(col.notna(), None)
+    return df.to_markdown(index=False, floatfmt=floatfmt, missingval="–")
+
+
 def _fmt(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False, floatfmt=".3g", missingval="-")
+    return markdown(df)
 
 
 def tables_markdown(summary: pd.DataFrame) -> str:
