@@ -39,10 +39,13 @@ failed runs. They are not stored, so running the sweep again retries just them.
 
 Threads
 -------
-Each task runs torch with :data:`TASK_THREADS` threads (or the config's ``threads`` when it
-is set), under every executor. Thread count changes float reductions: at p=11, width 16,
-one thread and two threads give gradient norms differing in the last bits (4.8e-7), so a
-single, fixed count is what makes records identical across executors.
+Each task runs torch with :data:`TASK_THREADS` (1) threads, or the config's ``threads`` when it
+is set, under every executor, local included. The thread count changes float reductions: the
+reference loop at p=11, width 16 gives gradient norms differing in the last bits (4.8e-7)
+between 1 and 2 threads, and the batched engine on one p=23 run differs between 1 and 4
+threads. So one fixed count is what makes records identical across executors. The price: under
+``local`` the batched engine runs on one thread (it splits a batch between threads only when
+given more) unless ``threads`` is set; ``processes`` uses more cores without changing a number.
 
 Test hook
 ---------
