@@ -49,7 +49,7 @@ class ProbeSchedule:
     """Cadences (in epochs; 0 disables) and sizes of the probes.
 
     ``lanczos_iters`` caps the Hessian-vector products of one eigensolve (a cold lambda_min on
-    the mod-97 model needs ~300; warm-started ones far fewer), ``hutchinson_probes`` is the
+    the trained mod-97 model needs ~170-260 at ``LMIN_TOL``, a warm-started one ~35-45), ``hutchinson_probes`` is the
     number of Rademacher vectors of the trace estimate, ``probe_size`` the fixed probe set of the
     representation signals. ``per_layer`` adds the fc1/fc2 rows of the noise and Hessian signals.
     """

@@ -11,6 +11,11 @@ from phaselib.data import make_modular, make_regression
 from phaselib.models import make_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny models: one thread is faster, and robust to other jobs on the cores
+    threads = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(threads)  # noqa: E702
+
+
 def _trained(p: int, width: int = 8, steps: int = 100, seed: int = 0):
     """A float64 MLP on modular addition mod p, trained a little (so its Hessian is indefinite)."""
     ds = make_modular(p, "add", 0.7, seed)

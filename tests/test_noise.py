@@ -12,6 +12,11 @@ from phaselib.hessian import task_loss
 from phaselib.models import make_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny models: one thread is faster, and robust to other jobs on the cores
+    threads = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(threads)  # noqa: E702
+
+
 def _setup(task: str):
     if task == "modular":
         ds = make_modular(11, "add", 0.6, 1)

@@ -13,6 +13,11 @@ from phaselib.models import make_model
 from phaselib.probes import CHEAP_SIGNALS, ProbeSchedule, Prober
 from phaselib.representation import effective_rank, linear_cka
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny models: one thread is faster, and robust to other jobs on the cores
+    threads = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(threads)  # noqa: E702
+
 KEYS = {"epoch", "signal", "layer", "value", "stderr"}
 
 
@@ -127,6 +132,10 @@ def test_prober_has_no_side_effects():
     prober = Prober(sched, "modular", ds.x_test, ds.y_test, seed=3)
     for epoch in range(2):
         prober.rows(model, epoch, ds.x_train, ds.y_train)
+    with torch.no_grad():  # callers may probe inside no_grad: torch.func still differentiates
+        rows = prober.rows(model, 2, ds.x_train, ds.y_train)
+    assert {r["signal"] for r in rows} >= {"hessian_lmax", "b_simple"}
+    assert all(math.isfinite(r["value"]) for r in rows)
     assert torch.equal(state, torch.get_rng_state())
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

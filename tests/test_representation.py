@@ -9,6 +9,11 @@ import torch
 from phaselib import representation as R
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # tiny models: one thread is faster, and robust to other jobs on the cores
+    threads = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(threads)  # noqa: E702
+
+
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
