@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
+from .executors import SweepIncomplete
 
 DEFAULT_PARAMS = "params/paper.yaml"
 
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"phaselib {args.command}: invalid parameters: {exc}", file=sys.stderr)
         return 2
+    except SweepIncomplete as exc:
+        print(f"phaselib {args.command}: {exc}\nRun the same command again to retry just those runs.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

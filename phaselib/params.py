@@ -51,6 +51,7 @@ class StudyParams:
     skip_frac: float = 0.02
     threshold: float = 0.5
     xcorr_max_lag: int = 500
+    max_false_alarms: float = 1.0  # per 1000 epochs, for the detector ranking
     # probing runs (notebook 03): primary tasks and operations at these fractions and seeds,
     # with the cheap representation signals every epoch and the others at their cadence (0 = off)
     probe_fracs: tuple[float, ...] = (0.9,)
@@ -130,6 +131,8 @@ def validate_params(p: StudyParams) -> None:
         _fail("threshold", p.threshold, "a number in (0, 1]")
     if isinstance(p.xcorr_max_lag, bool) or not isinstance(p.xcorr_max_lag, int) or p.xcorr_max_lag < 0:
         _fail("xcorr_max_lag", p.xcorr_max_lag, "an integer >= 0")
+    if isinstance(p.max_false_alarms, bool) or not isinstance(p.max_false_alarms, (int, float)) or p.max_false_alarms < 0:
+        _fail("max_false_alarms", p.max_false_alarms, "a number >= 0 (alarms per 1000 epochs)")
     if not isinstance(p.out_dir, str) or not p.out_dir:
         _fail("out_dir", p.out_dir, "a non-empty path")
     if p.engine not in ENGINES:
@@ -154,7 +157,7 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "parameters") -> St
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key in {source}; allowed keys: {sorted(known)}")
     d = {k: tuple(v) if k in _SEQUENCES and isinstance(v, list) else v for k, v in values.items()}
-    for k in ("lr", "weight_decay", "skip_frac", "threshold"):
+    for k in ("lr", "weight_decay", "skip_frac", "threshold", "max_false_alarms"):
         if k in d and isinstance(d[k], int) and not isinstance(d[k], bool):
             d[k] = float(d[k])
     return StudyParams(**d)

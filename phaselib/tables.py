@@ -73,6 +73,8 @@ def markdown(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
         if col.dtype.kind == "f" and col.notna().any() and np.all(np.mod(col.dropna(), 1) == 0) \
                 and col.abs().max() < 1e15:
             df[c] = col.astype("Int64").astype(object).where(col.notna(), None)
+        else:
+            df[c] = col.astype(object).where(col.notna(), None)
     return df.to_markdown(index=False, floatfmt=floatfmt, missingval="–")
 
 

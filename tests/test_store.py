@@ -52,6 +52,7 @@ primary_epochs: 200
 variance_fracs: [0.5]
 variance_seeds: [1]
 variance_epochs: 200
+probe_fracs: []
 """
 
 
