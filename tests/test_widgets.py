@@ -55,5 +55,29 @@ def test_moving_skip_and_window_recomputes(explorer):
 
 def test_widget_and_static_view_render(explorer):
     w = explorer.widget()
-    assert len(w.children) == 4
+    assert len(w.children) == 7
     explorer.static_view()
+
+
+def test_detector_choice_and_knobs_recompute_events():
+    rec = synthetic_record(3, 300, 500)
+    ex = ThresholdExplorer([rec])
+    assert ex.events == []
+    ex.signal.value = ("test_metric", "all")
+    ex.detector.value = "changepoint"
+    assert ex.events and abs(ex.events[0] - 500) <= 25  # the metric's step
+    ex.signal.value = ("grad_norm", "fc1")  # a noisy bump centred on epoch 300
+    ex.detector.value = "online"
+    ex.det_window.value = 5
+    ex.persistence.value = 3
+    first = list(ex.events)
+    assert first and 180 <= first[0] <= 320
+    ex.k.value = 8.0
+    assert ex.events != first or ex.events == []
+    ex.penalty.value = 1e9
+    ex.detector.value = "changepoint"
+    assert ex.events == []  # an enormous penalty allows no change point: no transition
+
+
+def test_widget_shows_detector_controls(explorer):
+    assert len(explorer.widget().children) == 7
