@@ -196,3 +196,13 @@ def test_stream_equals_replay_on_noisy_steps(seed, size, baseline, window, k, pe
     params = dict(baseline=baseline, window=window, k=k, persistence=persistence,
                   direction=direction, sigma=sigma, rearm=rearm)
     assert stream(x, **params) == replay(x, **params)
+
+
+@settings(max_examples=100, deadline=None)
+@given(c=st.floats(-1e12, 1e12, allow_nan=False), baseline=st.integers(2, 300),
+       window=st.integers(1, 60), sigma=st.sampled_from(["raw", "window"]))
+def test_constant_signal_never_alarms(c, baseline, window, sigma):
+    """Whether the baseline mean rounds to c (s = 0, x - mu = 0) or not (s > 0 of the same order
+    as the rounding), a constant signal stays inside the band."""
+    x = np.full(baseline + window + 50, c)
+    assert replay(x, baseline=baseline, window=window, persistence=1, sigma=sigma) == []

@@ -30,6 +30,11 @@ Timing
     An alarm is raised at the index where the run of exceedances reaches ``persistence``, so it
     is causal: the streaming detector knows it at that very sample.
 
+Degenerate baseline
+    A constant baseline (``s = 0``) gives a zero-width band: any later departure of the sliding
+    mean from ``mu`` counts as an exceedance (comparisons are strict, so an unchanged constant
+    signal never alarms).
+
 Exactness
     Streaming and :func:`replay` run the same floating-point operations in the same order:
     baseline statistics by ``math.fsum`` on the same values, ``c_t = c_{t-1} + (x_t - mu)``
@@ -93,9 +98,12 @@ def _validate(baseline: int, window: int, k: float, persistence: int, direction:
 
 def _baseline_stats(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1), correctly rounded sums (math.fsum) so that
-    streaming and replay agree exactly."""
+    streaming and replay agree exactly. The mean is taken relative to the first value, so a
+    constant baseline has exactly its value as mean (``fsum(v) / n`` may be off by an ulp,
+    and a constant offset that small would still leave the ``"window"`` band)."""
     n = len(values)
-    mu = math.fsum(values) / n
+    ref = values[0]
+    mu = ref + math.fsum(v - ref for v in values) / n
     var = math.fsum((v - mu) * (v - mu) for v in values) / (n - 1)
     return mu, math.sqrt(var)
 
