@@ -187,7 +187,7 @@ class _Task:
         rows = torch.arange(self.N)[None, :]
         self.train_mask = (rows < ntr[:, None]).float().to(device)
         self.test_mask = 1.0 - self.train_mask
-        self.rows = [np.concatenate([d.train_idx, d.test_idx]) for d in data]
+        self.row_order = [np.concatenate([d.train_idx, d.test_idx]) for d in data]  # each run: train rows, then test rows
 
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
         """Fill ``G`` with the gradient of each run's mean train loss at ``P``.
@@ -255,11 +255,11 @@ class _Modular(_Task):
         super().__init__(data, device)
         p, two_p, N, M = data[0].modulus, data[0].in_dim, self.N, self.M
         self.p = p
-        self.ia = [torch.as_tensor(d.a[o]).to(device) for d, o in zip(data, self.rows)]
-        self.ib = [torch.as_tensor(d.b[o] + p).to(device) for d, o in zip(data, self.rows)]
+        self.ia = [torch.as_tensor(d.a[o]).to(device) for d, o in zip(data, self.row_order)]
+        self.ib = [torch.as_tensor(d.b[o] + p).to(device) for d, o in zip(data, self.row_order)]
         self.bags = [self._scatter_bags(torch.stack([a[:n], b[:n]], 1).cpu(), two_p, device)
                      for a, b, n in zip(self.ia, self.ib, self.ntr)]
-        self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.rows)])).to(device)  # (R, N)
+        self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
         self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
@@ -341,54 +341,45 @@ class _Modular(_Task):
 
 
 class _Regression(_Task):
-    """The regression control: dense 1-input first layer, MSE loss and R^2, all runs in batched matmuls.
+    """The regression control: dense 1-input first layer, MSE loss and R^2, run by run.
 
-    The tensors are small (n = 2000, width 64), so per-operation overhead dominates and the runs
-    go through every operation together; ``groups`` are ranges (r0, r1, n) of consecutive runs
-    of equal train size (the caller orders runs by train size), over which the backward ``bmm``s run.
+    The tensors are small (n = 2000, width 64); each run goes through plain matmuls on its own,
+    as in :class:`_Modular`, so that its numbers do not depend on the other runs of the batch
+    (batched matmuls over a varying number of runs need not round alike).
     """
 
     def __init__(self, data: Sequence[Dataset], device: torch.device, width: int) -> None:
         super().__init__(data, device)
-        self.groups: list[tuple[int, int, int]] = []
-        for r, n in enumerate(self.ntr):
-            if self.groups and self.groups[-1][2] == n:
-                self.groups[-1] = (self.groups[-1][0], r + 1, n)
-            else:
-                self.groups.append((r, r + 1, n))
         self.x = torch.stack([torch.cat([d.x_train, d.x_test]) for d in data]).to(device)  # (R, N, 1)
         self.y = torch.stack([torch.cat([d.y_train, d.y_test]) for d in data]).to(device)
         # SS_tot of each split, computed as loss_and_metric does
         self.ss_tot = torch.stack([torch.stack([((d.y_train - d.y_train.mean()) ** 2).sum(),
                                                 ((d.y_test - d.y_test.mean()) ** 2).sum()]) for d in data]).to(device)
+        self.sq = torch.zeros(self.R, self.N, device=device)  # squared residuals of a recorded epoch
 
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
-        rows = self.N if record else self.M
-        x = self.x[:, :rows]
-        h = torch.baddbmm(P.b1[:, None, :], x, P.E1).relu_()
-        resid = torch.baddbmm(P.b2[:, None, :], h, P.W2T).sub_(self.y[:, :rows])
-        dout = resid * 2.0  # n * d(mean squared error)/d(out)
-        for r0, r1, n in self.groups:
-            dz, hg = dout[r0:r1, :n], h[r0:r1, :n]
-            torch.bmm(hg.transpose(1, 2), dz, out=G.W2T[r0:r1])
-            torch.sum(dz, 1, out=G.b2[r0:r1])
-            dh = torch.bmm(dz, P.W2T[r0:r1].transpose(1, 2))
-            dpre = torch.ops.aten.threshold_backward.grad_input(dh, hg, 0.0, grad_input=dh)  # * ReLU'(pre)
-            torch.bmm(x[r0:r1, :n].transpose(1, 2), dpre, out=G.E1[r0:r1])
-            torch.sum(dpre, 1, out=G.b1[r0:r1])
+        for r, n in enumerate(self.ntr):
+            rows = self.N if record else n
+            x = self.x[r, :rows]
+            h = torch.addmm(P.b1[r], x, P.E1[r]).relu_()
+            resid = torch.addmm(P.b2[r], h, P.W2T[r]).sub_(self.y[r, :rows])
+            if record:
+                torch.square(resid.squeeze(1), out=self.sq[r])
+            dz = resid[:n] * 2.0  # n * d(mean squared error)/d(out)
+            torch.mm(h[:n].T, dz, out=G.W2T[r])
+            torch.sum(dz, 0, out=G.b2[r])
+            dh = torch.mm(dz, P.W2T[r].T)
+            dpre = torch.ops.aten.threshold_backward.grad_input(dh, h[:n], 0.0, grad_input=dh)  # * ReLU'(pre)
+            torch.mm(x[:n].T, dpre, out=G.E1[r])
+            torch.sum(dpre, 0, out=G.b1[r])
         self._mean(G)
         if not record:
             return None
-        ss_res = self._split_sums(resid.squeeze(2).square())
+        ss_res = self._split_sums(self.sq)
         return torch.cat([ss_res / self.counts, 1.0 - ss_res / self.ss_tot], 1)
 
 
 # ------------------------------------------------------------------ the engine
-
-
-def _run_order(data: Sequence[Dataset]) -> list[int]:
-    """Internal run order: by train size (stable), so runs of equal size are adjacent (see _Task.groups)."""
-    return sorted(range(len(data)), key=lambda i: (len(data[i].train_idx), i))
 
 
 def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.device) -> tuple[_Task, _Stack]:
@@ -420,19 +411,15 @@ def initial_gradients(configs: Sequence[RunConfig]) -> list[dict[str, torch.Tens
     configs = list(configs)
     _check_batch(configs, None, None)
     data = [make_dataset(c) for c in configs]
-    order = _run_order(data)
     with deterministic(configs[0].threads), torch.no_grad():
-        task, P = _build([configs[i] for i in order], [data[i] for i in order], torch.device(configs[0].device))
+        task, P = _build(configs, data, torch.device(configs[0].device))
         G = P.like()
         try:
             task.step(P, G, record=False)
         finally:
             task.close()
-    out: list[dict[str, torch.Tensor]] = [{} for _ in configs]
-    for r, i in enumerate(order):
-        out[i] = {"fc1.weight": G.E1[r].T.clone(), "fc1.bias": G.b1[r].clone(),
-                  "fc2.weight": G.W2T[r].T.clone(), "fc2.bias": G.b2[r].clone()}
-    return out
+    return [{"fc1.weight": G.E1[r].T.clone(), "fc1.bias": G.b1[r].clone(),
+             "fc2.weight": G.W2T[r].T.clone(), "fc2.bias": G.b2[r].clone()} for r in range(len(configs))]
 
 
 def _check_batch(configs: Sequence[RunConfig], callbacks, probers) -> None:
@@ -465,12 +452,10 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
     t0 = time.perf_counter()
     cfg0, R = configs[0], len(configs)
     device = torch.device(cfg0.device)
-    data_in = [make_dataset(c) for c in configs]
-    order = _run_order(data_in)
-    cfgs = [configs[i] for i in order]
-    data = [data_in[i] for i in order]
-    cbs = [list(callbacks[i]) if callbacks is not None else [] for i in order]
-    prb = [probers[i] if probers is not None else None for i in order]
+    cfgs = configs
+    data = [make_dataset(c) for c in configs]
+    cbs = [list(callbacks[i]) if callbacks is not None else [] for i in range(R)]
+    prb = [probers[i] if probers is not None else None for i in range(R)]
     sync_each = any(cbs) or any(p is not None for p in prb)
     rec = recorded_epochs(cfg0)
     is_rec = np.zeros(cfg0.epochs, dtype=bool)
@@ -524,7 +509,7 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
         finally:
             task.close()
     wall = time.perf_counter() - t0
-    records: list[RunRecord | None] = [None] * R
+    records: list[RunRecord] = []
     for r, c in enumerate(cfgs):
         n = int(rows_of[r])
         values = host[:n, r].astype(np.float64)
@@ -533,8 +518,8 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
             table = concat_tables([table, rows_table(c.key, extra[r])])
         meta = run_metadata(c, wall / R, controls[r], int(last[r]) + 1, "batched")
         meta.update(batch_size=R, batch_wall_time_s=wall)
-        records[order[r]] = RunRecord(c, table, meta)
-    return records  # type: ignore[return-value]
+        records.append(RunRecord(c, table, meta))
+    return records
 
 
 def _flush(buf: torch.Tensor, host: np.ndarray, flushed: int, row: int) -> int:
