@@ -225,8 +225,8 @@ class _Work:
         self.E[:, H] = 0.5
         self.W2T = torch.zeros(H + 1, P8, device=device)  # [W2^T ; b2]; padding classes 0 / -inf
         self.W2T[H, p:] = -torch.inf
-        self.h = torch.empty(N, H + 1, device=device)
-        self.h_b = torch.empty(N, H + 1, device=device)
+        self.table = torch.empty(N, H + 1, device=device)  # hidden layer over the table, in table order
+        self.h = torch.empty(N, H + 1, device=device)  # ... in the run's row order
         self.z = torch.empty(N, P8, device=device)
         self.prob = torch.empty(M, P8, device=device)  # softmax of the train rows, then dz
         self.test_lsm = torch.empty(max_test, P8, device=device)
@@ -255,10 +255,10 @@ class _Modular(_Task):
         super().__init__(data, device)
         p, two_p, N, M = data[0].modulus, data[0].in_dim, self.N, self.M
         self.p = p
-        self.ia = [torch.as_tensor(d.a[o]).to(device) for d, o in zip(data, self.row_order)]
-        self.ib = [torch.as_tensor(d.b[o] + p).to(device) for d, o in zip(data, self.row_order)]
-        self.bags = [self._scatter_bags(torch.stack([a[:n], b[:n]], 1).cpu(), two_p, device)
-                     for a, b, n in zip(self.ia, self.ib, self.ntr)]
+        self.first_b = int(data[0].b.min())  # 1 for div (b = 0 left out), else 0
+        self.order = [torch.as_tensor(o).to(device) for o in self.row_order]
+        self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p, device)
+                     for d, o, n in zip(data, self.row_order, self.ntr)]
         self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
         self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
@@ -312,11 +312,13 @@ class _Modular(_Task):
     def _run(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
         p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
         rows = N if record else n
-        # hidden layer: pre = (W1[:, a] + b1) + W1[:, p + b], a two-column gather per row
+        # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
+        # the table being a-major), then the run's rows gathered in its order
         torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
         w.E[p:, :H].copy_(P.E1[r, p:])
-        h = torch.index_select(w.E, 0, self.ia[r][:rows], out=w.h[:rows])
-        h.add_(torch.index_select(w.E, 0, self.ib[r][:rows], out=w.h_b[:rows])).relu_()
+        Ea, Eb = w.E[:p, None, :], w.E[None, p + self.first_b:, :]
+        torch.add(Ea, Eb, out=w.table.view(p, -1, H + 1)).relu_()
+        h = torch.index_select(w.table, 0, self.order[r][:rows], out=w.h[:rows])
         # output layer on padded logits, bias through the constant unit
         w.W2T[:H, :p].copy_(P.W2T[r])
         w.W2T[H, :p].copy_(P.b2[r])
