@@ -21,6 +21,12 @@ oracle of the tests) computes, exactly up to float32 rounding order:
   threads running single-threaded operations (see :class:`_Modular`); the regression control,
   whose tensors are small, runs all its runs through batched matmuls.
 
+Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
+row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
+lowest index); a train row's cross-entropy is ``-log softmax[label]`` (the softmax the gradient
+needs anyway), which reads as ``inf`` past ~103 nats, where float32 probabilities underflow (test
+rows use ``log_softmax``, as the reference).
+
 Probes are per run and outside the batched hot path: at each recorded epoch the run's parameters
 are copied into a plain :class:`~phaselib.models.MLP` and its prober is called with that.
 """
@@ -243,8 +249,10 @@ class _Modular(_Task):
     its per-row losses into stacked tables; the optimiser, norms and signals then work on the
     stack. With ``workers`` > 1 (CPU), the runs are split between that many threads, each
     running single-threaded operations on its own buffers: runs are independent, so this needs
-    no synchronisation inside a step and, unlike intra-op threading, leaves every number
-    independent of the thread count and of the other runs in the batch.
+    no synchronisation inside a step, and a run's numbers do not depend on the other runs of the
+    batch or on which worker computes it. (A batch with fewer runs than threads gives the spare
+    threads to the operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here,
+    which the tests check, but that is a property of the library, not of this code.)
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes get
     probability exactly 0, and aligned rows make the matmul and softmax kernels markedly faster.
