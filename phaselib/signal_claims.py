@@ -3,7 +3,8 @@
 Each claim names a signal, a detector and the direction the article predicts; a run supports
 it when the detector fires, in that direction, *before* the run's generalisation event (the
 first epoch from which the test metric stays >= threshold). Regression-control runs have no
-delayed transition, so any alarm there is counted as a false alarm.
+delayed transition, so any alarm there is counted as a false alarm; a claim whose detector fires on
+half the control runs or more holds at most partly (its alarm is not specific to grokking).
 
 - lambda_min (seed 003): "drops tenfold or crosses zero before a transition":
   :func:`phaselib.detect.curvature.detect` (persistent tenfold drop / zero crossing).
@@ -100,13 +101,17 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
         k, n = int(mod["supports"].sum()), len(mod)
         fa = int(ctrl["alarm_epoch"].notna().sum())
         verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
+        unspecific = len(ctrl) > 0 and fa / len(ctrl) >= 0.5
+        if verdict == HOLDS and unspecific:
+            verdict = PARTLY  # it fires on the control as often: not a sign of grokking in particular
         leads = mod.loc[mod["supports"], "lead"]
         rows.append({"claim": c.claim, "supporting runs": f"{k}/{n}",
                      "median lead (epochs)": float(leads.median()) if len(leads) else np.nan,
                      "control alarms": f"{fa}/{len(ctrl)}", "verdict": verdict,
                      "reason": ("no probed modular run generalised" if n == 0 else
                                 f"{k} of {n} generalised runs alarm {c.direction} before the event"
-                                + (f"; the control alarms too ({fa})" if fa else ""))})
+                                + (f"; but the control alarms too ({fa}/{len(ctrl)}), so it is not specific to grokking"
+                                   if unspecific else f"; the control alarms too ({fa})" if fa else ""))})
     return pd.DataFrame(rows)
 
 

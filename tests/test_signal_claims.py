@@ -47,3 +47,10 @@ def test_signals_after_the_event_or_absent_do_not():
 def test_no_generalised_run_is_untestable():
     v = verdicts(alarm_table([record("modular", None, 400, 400, 400)]))
     assert (v["verdict"] == UNTESTABLE).all()
+
+
+def test_an_alarm_the_control_shares_is_not_specific():
+    recs = [record("modular", 800, 400, 450, 500, seed=s) for s in range(2)] + [record("regression", 0, 100, None, 300)]
+    v = verdicts(alarm_table(recs))
+    lmin = v.iloc[0]
+    assert lmin["verdict"] == "holds partly" and "not specific" in lmin["reason"]
