@@ -51,6 +51,13 @@ from .train import (BASE_COLUMNS, Callback, TrainControl, deterministic, make_da
 
 _LR_COL = BASE_COLUMNS.index(("lr", "all"))
 
+EXP_FLOOR = -80.0
+"""Lower clamp of ``logit - row max`` before ``exp``. torch's float32 ``exp`` takes a slow path
+(measured 13-50x slower here) for arguments below about -87, where results are subnormal or 0;
+confident late-training logits land there. exp(-80) = 1.8e-35, so a clamped class's probability
+stays below 2e-35 instead of ~0: invisible next to a row sum >= 1 in float32, and it keeps the
+softmax gradient out of the subnormal range, where matmuls slow down too."""
+
 # ------------------------------------------------------------------ optimiser
 
 
@@ -225,17 +232,20 @@ class _Work:
     passes of their own. Logits are padded to ``P8`` classes (zero weights, bias -inf).
     """
 
-    def __init__(self, p: int, P8: int, width: int, N: int, M: int, max_test: int, device: torch.device) -> None:
+    def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device) -> None:
         H = width
         self.E = torch.empty(2 * p, H + 1, device=device)  # [E1 with b1 folded into the a-rows | 0.5]
         self.E[:, H] = 0.5
         self.W2T = torch.zeros(H + 1, P8, device=device)  # [W2^T ; b2]; padding classes 0 / -inf
         self.W2T[H, p:] = -torch.inf
+        self.W2 = torch.empty(p, H, device=device)  # W2, contiguous, for dh = dz W2
         self.table = torch.empty(N, H + 1, device=device)  # hidden layer over the table, in table order
         self.h = torch.empty(N, H + 1, device=device)  # ... in the run's row order
-        self.z = torch.empty(N, P8, device=device)
-        self.prob = torch.empty(M, P8, device=device)  # softmax of the train rows, then dz
-        self.test_lsm = torch.empty(max_test, P8, device=device)
+        self.z = torch.empty(N, P8, device=device)  # logits, then exp(logit - row max)
+        self.zl = torch.empty(N, 1, device=device)  # the label's logit
+        self.zmax = torch.empty(N, 1, device=device)
+        self.sum = torch.empty(N, 1, device=device)
+        self.dz = torch.empty(M, p, device=device)  # softmax - onehot of the train rows (contiguous: faster matmuls)
         self.dW2 = torch.empty(H + 1, p, device=device)
         self.dh = torch.empty(M, H, device=device)
         self.neg_one = torch.full((M, 1), -1.0, device=device)
@@ -272,7 +282,7 @@ class _Modular(_Task):
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
         P8 = -(-p // 8) * 8
-        self.work = [_Work(p, P8, width, N, M, N - min(self.ntr), device) for _ in range(workers)]
+        self.work = [_Work(p, P8, width, N, M, device) for _ in range(workers)]
         # contiguous run ranges of about equal rows per worker
         cost = np.cumsum(self.ntr)
         cuts = [int(np.searchsorted(cost, cost[-1] * k / workers, side="left")) for k in range(1, workers)]
@@ -330,20 +340,26 @@ class _Modular(_Task):
         # output layer on padded logits, bias through the constant unit
         w.W2T[:H, :p].copy_(P.W2T[r])
         w.W2T[H, :p].copy_(P.b2[r])
+        w.W2.copy_(P.W2T[r].T)
         z = torch.mm(h, w.W2T, out=w.z[:rows])
-        y_tr = self.y[r, :n, None]
-        prob = torch.softmax(z[:n], -1, out=w.prob[:n])
+        y = self.y[r, :rows, None]
+        zl = torch.gather(z, 1, y, out=w.zl[:rows])
+        zmax = torch.amax(z, 1, keepdim=True, out=w.zmax[:rows])
         if record:
-            torch.ge(z.gather(1, self.y[r, :, None]).squeeze(1), z.amax(1), out=self.correct[r])  # label attains the max
-            torch.log(prob.gather(1, y_tr).squeeze(1), out=self.nll[r, :n]).neg_()
-            lsm = torch.log_softmax(z[n:], -1, out=w.test_lsm[:N - n])
-            torch.gather(lsm, 1, self.y[r, n:, None], out=self.nll[r, n:, None]).neg_()
-        dz = prob.scatter_add_(1, y_tr, w.neg_one[:n])[:, :p]  # softmax - onehot: n * dloss/dz
+            torch.ge(zl, zmax, out=self.correct[r, :, None])  # the label attains the row maximum
+        # one exponential per logit serves loss, softmax and gradient; arguments clamped at EXP_FLOOR
+        e = z.sub_(zmax).clamp_min_(EXP_FLOOR).exp_()
+        s = torch.sum(e, 1, keepdim=True, out=w.sum[:rows])
+        if record:  # cross-entropy = log sum exp(z - max) - (z_label - max), every row
+            nll = self.nll[r, :, None]
+            torch.log(s, out=nll).sub_(zl).add_(zmax)
+        dz = torch.div(e[:n, :p], s[:n], out=w.dz[:n])  # softmax of the train rows
+        dz.scatter_add_(1, y[:n], w.neg_one[:n])  # softmax - onehot: n * dloss/dz
         # backward over the train rows; the constant unit's row of h^T dz is db2
         torch.mm(h[:n].T, dz, out=w.dW2)
         G.W2T[r].copy_(w.dW2[:H])
         G.b2[r].copy_(w.dW2[H])
-        dh = torch.mm(dz, P.W2T[r].T, out=w.dh[:n])
+        dh = torch.mm(dz, w.W2, out=w.dh[:n])
         torch.ops.aten.threshold_backward.grad_input(dh, h[:n, :H], 0.0, grad_input=dh)  # * ReLU'(pre)
         src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
         G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))

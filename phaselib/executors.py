@@ -121,6 +121,18 @@ def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH) -> list[li
     return out
 
 
+def longest_first(work: Sequence[Sequence[RunConfig]]) -> list[int]:
+    """Batch indices in submission order: probing batches, then by run-epochs, largest first.
+
+    Longest-processing-time-first keeps a pool's workers busy to the end instead of leaving one
+    long batch (10k-epoch runs, Hessian probes) to run alone at the tail; ties keep list order, so
+    the order is deterministic. Only the order changes, never a batch's content or results.
+    """
+    def cost(i: int) -> tuple[bool, int]:
+        return bool(work[i][0].probes), sum(c.epochs for c in work[i])
+    return sorted(range(len(work)), key=cost, reverse=True)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
@@ -345,7 +357,7 @@ def run_processes(todo: Sequence[RunConfig], store: RunStore, progress: bool = T
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
     work = batches(todo)
-    pending: deque[int] = deque(range(len(work)))  # batch indices still to submit, in order
+    pending: deque[int] = deque(longest_first(work))  # batch indices still to submit, in order
     suspects: set[int] = set()  # in flight when a pool broke: rerun alone
     deaths = [0] * len(work)
     running: dict[Future, int] = {}
