@@ -194,3 +194,44 @@ def signal_panels(record: RunRecord, analysis: Analysis, alarms: pd.DataFrame | 
                       f"dash-dot: generalised)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def event_aligned(records: Sequence[RunRecord], signal: str, label: str, threshold: float = 0.5,
+                  ax: plt.Axes | None = None) -> plt.Axes:
+    """A probed signal of every generalised modular run against epochs relative to its generalisation
+    event (0 = test metric at ``threshold`` to the end), so runs of different fractions line up."""
+    from .detect.offline import generalisation_epoch
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    drawn = 0
+    for rec in records:
+        s = rec.series(signal).dropna()
+        m = rec.series("test_metric")
+        gi = generalisation_epoch(m.to_numpy(), threshold)
+        if rec.config.task != "modular" or gi is None or len(s) == 0:
+            continue
+        ax.plot(s.index - int(m.index[gi]), s.to_numpy(), marker=".", ms=3, lw=0.9, label=rec.config.label)
+        drawn += 1
+    ax.axvline(0, color="tab:red", ls="-.", lw=0.8)
+    if signal == "hessian_lmin":
+        ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("epochs relative to generalisation")
+    ax.set_ylabel(label, fontsize=8)
+    if drawn == 0:
+        ax.text(0.5, 0.5, "no generalised probed run", ha="center", va="center", transform=ax.transAxes)
+    elif drawn <= 10:
+        ax.legend(fontsize=6)
+    return ax
+
+
+def metric_curves(records: Sequence[RunRecord], threshold: float = 0.5, ax: plt.Axes | None = None) -> plt.Axes:
+    """Test metric against epoch for a set of runs, with the generalisation threshold."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2))
+    for rec in records:
+        m = rec.series("test_metric")
+        ax.plot(m.index, m.to_numpy(), lw=0.8, alpha=0.8)
+    ax.axhline(threshold, color="black", ls="--", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric_label(records[0]) if records else "test metric")
+    return ax

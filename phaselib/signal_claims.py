@@ -92,7 +92,9 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
 
 
 def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
-    """Per claim: supporting runs among generalised modular runs, control false alarms, verdict."""
+    """Per claim: supporting runs among generalised modular runs (with the exact 95% CI of the
+    share), control false alarms, verdict."""
+    from .claims import clopper_pearson
     rows = []
     for c in CLAIMS:
         a = alarms[alarms["claim"] == c.claim]
@@ -105,7 +107,9 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
         if verdict == HOLDS and unspecific:
             verdict = PARTLY  # it fires on the control as often: not a sign of grokking in particular
         leads = mod.loc[mod["supports"], "lead"]
+        lo, hi = clopper_pearson(k, n)
         rows.append({"claim": c.claim, "supporting runs": f"{k}/{n}",
+                     "share 95% CI": "–" if n == 0 else f"[{lo:.2f}, {hi:.2f}]",
                      "median lead (epochs)": float(leads.median()) if len(leads) else np.nan,
                      "control alarms": f"{fa}/{len(ctrl)}", "verdict": verdict,
                      "reason": ("no probed modular run generalised" if n == 0 else

@@ -1,18 +1,21 @@
 import numpy as np
 import pandas as pd
 
-from phaselib.claims import FAILS, HOLDS, PARTLY, UNTESTABLE, claims_table, clopper_pearson, per_frac_lags
+from phaselib.claims import (FAILS, HOLDS, PARTLY, UNTESTABLE, claims_table, clopper_pearson, operation_table,
+                             per_frac_lags)
 from phaselib.tables import bootstrap_ci, table1, table2
 
 
-def summary(lags: dict, gen: dict | None = None, reg_lags=(-12, -12, -12), r=-0.8) -> pd.DataFrame:
+def summary(lags: dict, gen: dict | None = None, reg_lags=(-12, -12, -12), r=-0.8, op="add", epochs=3000,
+            group=None) -> pd.DataFrame:
     """A synthetic summary: lags[frac] = list over seeds; gen[frac] = list of bools."""
     rows = []
     for frac, ls in lags.items():
         for seed, lag in enumerate(ls):
             g = True if gen is None else gen[frac][seed]
-            for group in (["primary", "variance"] if seed == 0 else ["variance"]):
-                rows.append(dict(group=group, run=f"m{frac}{seed}", task="modular", operation="add", frac=frac, seed=seed,
+            for grp in ([group] if group else ["primary", "variance"] if seed == 0 else ["variance"]):
+                rows.append(dict(group=grp, run=f"{op}{epochs}m{frac}{seed}", task="modular", operation=op, frac=frac,
+                                 seed=seed, epochs=epochs, generalisation_epoch=300 + lag if g else np.nan,
                                  lag=lag, generalised=g, pearson_r=r, gnorm_peak_epoch=100, metric_transition_epoch=100 + lag,
                                  final_test_metric=0.9 if g else 0.05, verdict="generalised" if g else "did not generalise"))
     for i, (frac, lag) in enumerate(zip(lags, reg_lags)):
@@ -82,3 +85,56 @@ def test_tables_use_ddof1_and_the_papers_figures():
     t1 = table1(s)
     assert t1.loc[t1["task"] == "modular", "paper_lag"].tolist() == [699, 192, 12]
     assert per_frac_lags(s)["n_generalised"].tolist() == [3, 3, 3]
+
+
+def _row(t: pd.DataFrame, start: str) -> pd.Series:
+    hit = t[t["claim"].str.startswith(start)]
+    assert len(hit) == 1, (start, t["claim"].tolist())
+    return hit.iloc[0]
+
+
+def test_half_never_generalises_is_judged_per_horizon():
+    never = {0.5: [False] * 3, 0.7: [True] * 3}
+    base = summary({0.5: [600, 700, 650], 0.7: [190, 180, 220]}, gen=never, epochs=2000)
+    assert _row(claims_table(base), "at 50% the model never")["verdict"] == HOLDS
+    # longer runs that generalise later: true within the paper's horizon only
+    late = summary({0.5: [640, 700, 620, 660]}, gen={0.5: [True, True, False, True]}, epochs=10000, group="long")
+    t = claims_table(pd.concat([base, late]))
+    row = _row(t, "at 50% the model never")
+    assert row["verdict"] == PARTLY and "3/4" in row["reason"] and "10000 epochs: 3/4" in row["ours"]
+    # the lag claim is now testable against the real events; 642 lies in the CI of these lags
+    lag = _row(t, "at 50% the gradient peak leads")
+    assert lag["verdict"] == HOLDS and "3/3 positive" in lag["ours"]
+    # a 50% run that generalises within the paper's horizon refutes "never"
+    soon = summary({0.5: [600, 700, 650]}, gen={0.5: [True, False, False]}, epochs=2000)
+    assert _row(claims_table(soon), "at 50% the model never")["verdict"] == FAILS
+
+
+def test_half_lag_untestable_without_events_and_fails_when_negative():
+    t = claims_table(summary({0.5: [600, 700]}, gen={0.5: [False, False]}))
+    assert _row(t, "at 50% the gradient peak leads")["verdict"] == UNTESTABLE
+    t = claims_table(summary({0.5: [-40, -10, 30]}))
+    assert _row(t, "at 50% the gradient peak leads")["verdict"] == FAILS
+
+
+def test_other_operations_get_their_own_rows_and_do_not_touch_addition():
+    add = summary({0.7: [190, 180, 220], 0.9: [12, 60, 80]})
+    mul = summary({0.7: [-50, -60, -70]}, op="mul", reg_lags=())
+    t = claims_table(pd.concat([add, mul]))
+    assert _row(t, "gradient peaks precede")["verdict"] == HOLDS  # addition alone
+    ext = _row(t, "extension: gradient peaks precede the test transition in all modular-multiplication")
+    assert ext["verdict"] == FAILS and "0/3" in ext["ours"]
+    assert _row(t, "Pearson r strongly negative (extension: multiplication)")["verdict"] == HOLDS
+    # per-fraction lags come from the seed-variance group, one row per operation and fraction
+    pf = per_frac_lags(pd.concat([add, mul]))
+    assert sorted(zip(pf["operation"], pf["frac"])) == [("add", 0.7), ("add", 0.9), ("mul", 0.7)]
+
+
+def test_operation_table_counts_generalised_runs_and_lags():
+    s = pd.concat([summary({0.7: [190, 180, 220], 0.9: [12, 60, 80]}),
+                   summary({0.7: [-50, 10, 70]}, gen={0.7: [True, True, False]}, op="sub", reg_lags=())])
+    ot = operation_table(s).set_index(["operation", "fraction"])
+    assert ot.loc[("add", "70%"), "generalised"] == "3/3" and ot.loc[("add", "70%"), "gradient leads"] == "3/3"
+    assert abs(ot.loc[("add", "70%"), "mean lag (epochs)"] - 590 / 3) < 1e-9
+    assert ot.loc[("sub", "70%"), "generalised"] == "2/3" and ot.loc[("sub", "70%"), "gradient leads"] == "1/2"
+    assert ot.loc[("sub", "70%"), "generalised 95% CI"] == "[0.09, 0.99]"

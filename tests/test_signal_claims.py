@@ -54,3 +54,10 @@ def test_an_alarm_the_control_shares_is_not_specific():
     v = verdicts(alarm_table(recs))
     lmin = v.iloc[0]
     assert lmin["verdict"] == "holds partly" and "not specific" in lmin["reason"]
+
+
+def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
+    recs = [record("modular", 800, 400, 450, 500, seed=s) for s in range(3)]
+    v = verdicts(alarm_table(recs))
+    assert (v["supporting runs"] == "3/3").all()
+    assert (v["share 95% CI"] == "[0.29, 1.00]").all()  # Clopper-Pearson 3/3: 0.025 ** (1/3) = 0.292

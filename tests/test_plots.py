@@ -1,0 +1,37 @@
+"""Figures that align runs: only generalised modular runs are drawn, shifted to their event."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+
+from phaselib import plots  # noqa: E402
+from phaselib.config import RunConfig  # noqa: E402
+from phaselib.record import RunRecord, concat_tables, tidy  # noqa: E402
+
+
+def record(task: str, event: int | None, seed: int = 0) -> RunRecord:
+    n, t = 400, np.arange(400)
+    metric = np.where(t >= event, 0.9, 0.05) if event is not None else np.full(n, 0.05)
+    cfg = RunConfig(task=task, modulus=11, seed=seed, epochs=n, width=8)
+    probes = np.arange(0, n, 50)
+    return RunRecord(cfg, concat_tables([tidy(cfg.key, t, {("test_metric", "all"): metric}),
+                                         tidy(cfg.key, probes, {("hessian_lmin", "all"): -0.01 * np.ones(len(probes))})]))
+
+
+def test_event_aligned_draws_generalised_modular_runs_relative_to_their_event():
+    recs = [record("modular", 200, 0), record("modular", 300, 1), record("modular", None, 2), record("regression", 0, 3)]
+    ax = plots.event_aligned(recs, "hessian_lmin", "λ_min")
+    lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]  # not the axvline/axhline
+    assert len(lines) == 2
+    starts = sorted(float(ln.get_xdata()[0]) for ln in lines)
+    assert starts == [-300.0, -200.0]  # first probe at epoch 0, events at 300 and 200
+
+
+def test_event_aligned_says_so_when_nothing_generalised():
+    ax = plots.event_aligned([record("modular", None)], "hessian_lmin", "λ_min")
+    assert any("no generalised" in t.get_text() for t in ax.texts)
+
+
+def test_metric_curves_one_line_per_run_and_the_threshold():
+    ax = plots.metric_curves([record("modular", 200, s) for s in range(3)], threshold=0.5)
+    assert len(ax.get_lines()) == 4 and ax.get_ylabel() == "test accuracy (fraction)"
