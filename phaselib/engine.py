@@ -23,9 +23,10 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
-lowest index); a train row's cross-entropy is ``-log softmax[label]`` (the softmax the gradient
-needs anyway), which reads as ``inf`` past ~103 nats, where float32 probabilities underflow (test
-rows use ``log_softmax``, as the reference).
+lowest index); every row's cross-entropy is ``log sum_j exp(z_j - max) - (z_label - max)`` from the
+one exponential pass the softmax gradient needs, with ``z_j - max`` clamped at :data:`EXP_FLOOR`
+(so a class more than 80 nats below the row maximum counts as exp(-80) instead of less: a relative
+change of the row sum below 1e-34; the reference's ``log_softmax`` is exact there).
 
 Probes are per run and outside the batched hot path: at each recorded epoch the run's parameters
 are copied into a plain :class:`~phaselib.models.MLP` and its prober is called with that.
@@ -264,8 +265,9 @@ class _Modular(_Task):
     threads to the operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here,
     which the tests check, but that is a property of the library, not of this code.)
 
-    The output layer works on logits padded to a multiple of 8 classes: padding classes get
-    probability exactly 0, and aligned rows make the matmul and softmax kernels markedly faster.
+    The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
+    -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
+    rows make the matmul kernel markedly faster.
     Gradients are taken from the unpadded view.
     """
 
