@@ -77,6 +77,15 @@ def test_batches_stack_runs_of_one_shape_in_a_fixed_order():
     assert [len(b) for b in E.batches(CONFIGS)] == [1, 1, 1, 1, 2, 2]  # reference: one run per task
 
 
+def test_longest_first_submits_probing_then_the_most_run_epochs():
+    def mk(**kw) -> RunConfig:
+        return RunConfig(**{"modulus": 11, "width": 16, "epochs": 40, "engine": "batched", **kw})
+
+    work = [[mk(seed=0)], [mk(seed=1, epochs=400), mk(seed=2, epochs=400)], [mk(seed=3, epochs=1000)],
+            [mk(seed=4, probes=(("hessian_every", 10),))], [mk(seed=5)]]
+    assert E.longest_first(work) == [3, 2, 1, 0, 4]  # probes first; ties (0 and 4) keep list order
+
+
 def test_dask_local_cluster_gives_the_local_records(cluster, local_store, tmp_path, monkeypatch):
     with distributed.Client(cluster) as client:
         client_workers = client.scheduler_info()["workers"]
