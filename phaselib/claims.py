@@ -197,7 +197,9 @@ def claim_half_never(summary: pd.DataFrame) -> Claim:
         k, n = int(g["generalised"].sum()), len(g)
         lo, hi = clopper_pearson(k, n)
         when = f", median epoch {g.loc[g['generalised'], 'generalisation_epoch'].median():.0f}" if k and "generalisation_epoch" in g else ""
-        parts.append(f"{int(ep)} epochs: {k}/{n} generalise{when}")
+        final = (f", final test accuracy median {g['final_test_metric'].median():.1%}"
+                 if "final_test_metric" in g else "")
+        parts.append(f"{int(ep)} epochs: {k}/{n} generalise{when}{final}")
         cis.append(f"{int(ep)}: {_ci(lo, hi, '.2f')}")
     within = half[half["epochs"] <= PAPER_HORIZON]
     beyond = half[half["epochs"] > PAPER_HORIZON]
