@@ -139,3 +139,14 @@ def test_operation_table_counts_generalised_runs_and_lags():
     assert abs(ot.loc[("add", "70%"), "mean lag (epochs)"] - 590 / 3) < 1e-9
     assert ot.loc[("sub", "70%"), "generalised"] == "2/3" and ot.loc[("sub", "70%"), "gradient leads"] == "1/2"
     assert ot.loc[("sub", "70%"), "generalised 95% CI"] == "[0.09, 0.99]"
+
+
+def test_lag_range_judges_the_primary_sweep_and_every_generalised_run():
+    s = summary({0.7: [192, 800, 226], 0.9: [12, 69, 5]})  # seed 0 (the primary) inside; 800 and 5 outside
+    row = _row(claims_table(s), "lag 12-699")
+    assert row["verdict"] == PARTLY
+    assert "primary: 12–192 over 2 generalised runs" in row["ours"] and "4 inside" in row["ours"]
+    assert row["reason"].startswith("2/2 primary lags and 4/6")
+    assert row["ci"] == "[0.22, 0.96] (share inside, exact 95%)"
+    reg = _row(claims_table(s), "the regression control")
+    assert reg["verdict"] == HOLDS and reg["ci"].startswith("[0.00, 0.84]")  # 0/2: 1 - 0.025 ** (1/2)
