@@ -30,7 +30,7 @@ def export_runs(store: RunStore, configs: list[RunConfig], out_dir: Path) -> Non
             continue
         rec = store.get(c)
         tmp = csv.with_suffix(".tmp.gz")
-        rec.table.to_csv(tmp, index=False, compression="gzip")
+        rec.table.to_csv(tmp, index=False, compression={"method": "gzip", "compresslevel": 1})  # 5x faster than 9
         tmp.replace(csv)
         meta.write_text(json.dumps({"label": c.label, "config": c.hashed_dict(), "meta": dict(rec.meta)},
                                    indent=1, default=str))
