@@ -52,6 +52,7 @@ class StudyParams:
     threshold: float = 0.5
     xcorr_max_lag: int = 500
     max_false_alarms: float = 1.0  # per 1000 epochs, for the detector ranking
+    min_hit_rate: float = 0.5  # share of generalised runs a ranked detector must announce
     # probing runs (notebook 03): primary tasks and operations at these fractions and seeds,
     # with the cheap representation signals every epoch and the others at their cadence (0 = off)
     probe_fracs: tuple[float, ...] = (0.9,)
@@ -133,6 +134,8 @@ def validate_params(p: StudyParams) -> None:
         _fail("xcorr_max_lag", p.xcorr_max_lag, "an integer >= 0")
     if isinstance(p.max_false_alarms, bool) or not isinstance(p.max_false_alarms, (int, float)) or p.max_false_alarms < 0:
         _fail("max_false_alarms", p.max_false_alarms, "a number >= 0 (alarms per 1000 epochs)")
+    if isinstance(p.min_hit_rate, bool) or not isinstance(p.min_hit_rate, (int, float)) or not 0 <= p.min_hit_rate <= 1:
+        _fail("min_hit_rate", p.min_hit_rate, "a number in [0, 1] (share of generalised runs)")
     if not isinstance(p.out_dir, str) or not p.out_dir:
         _fail("out_dir", p.out_dir, "a non-empty path")
     if p.engine not in ENGINES:
@@ -157,7 +160,7 @@ def from_mapping(values: Mapping[str, Any], *, source: str = "parameters") -> St
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key in {source}; allowed keys: {sorted(known)}")
     d = {k: tuple(v) if k in _SEQUENCES and isinstance(v, list) else v for k, v in values.items()}
-    for k in ("lr", "weight_decay", "skip_frac", "threshold", "max_false_alarms"):
+    for k in ("lr", "weight_decay", "skip_frac", "threshold", "max_false_alarms", "min_hit_rate"):
         if k in d and isinstance(d[k], int) and not isinstance(d[k], bool):
             d[k] = float(d[k])
     return StudyParams(**d)

@@ -42,6 +42,7 @@ BAD_PARAMS = [
     ({"variance_tasks": ["vision"]}, "variance_tasks"), ({"primary_operations": ["pow"]}, "primary_operations"),
     ({"bogus": 1}, "bogus"), ({"primary_operations": ["div"], "modulus": 21}, "modulus"), ({"width": 0}, "width"),
     ({"lr": 0}, "lr"), ({"sg_window": 50}, "sg_window"), ({"threshold": 2}, "threshold"),
+    ({"min_hit_rate": 1.5}, "min_hit_rate"),
     ({"primary_fracs": 0.5}, "primary_fracs"),
 ]
 
