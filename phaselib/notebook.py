@@ -14,14 +14,26 @@ from .tables import markdown
 from .sweep import run_missing, study_groups
 
 
-def show(df: pd.DataFrame, floatfmt: str = ".3g", name: str | None = None, out_dir: str | None = None) -> None:
-    """Render a table as Markdown with stable rounding; optionally save it as CSV and Markdown."""
+def show(df: pd.DataFrame, floatfmt: str = ".3g", name: str | None = None, out_dir: str | None = None,
+         max_rows: int = 40) -> None:
+    """Render a table as Markdown with stable rounding; optionally save it as CSV and Markdown.
+
+    A table longer than ``max_rows`` shows its first ``max_rows`` rows and says how many more
+    there are (and where the saved file holds them all): a 700-run table helps no reader.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows: {max_rows!r} is invalid; allowed: an integer >= 1")
     md = markdown(df, floatfmt)
+    saved = None
     if name and out_dir:
         d = Path(out_dir) / "tables"
         d.mkdir(parents=True, exist_ok=True)
         df.to_csv(d / f"{name}.csv", index=False)
         (d / f"{name}.md").write_text(md + "\n")
+        saved = d / f"{name}.csv"
+    if len(df) > max_rows:
+        where = f"; all rows in `{saved.name}`" if saved is not None else ""
+        md = markdown(df.head(max_rows), floatfmt) + f"\n\n*First {max_rows} of {len(df)} rows{where}.*"
     display(Markdown(md))
 
 
