@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py --json results/bench/train_throughput.json
+	$(PY) benchmarks/engine_floor.py --json results/bench/engine_floor.json
 	$(PY) benchmarks/hessian.py --json results/bench/hessian.json
 	$(PY) benchmarks/online_false_alarms.py
 

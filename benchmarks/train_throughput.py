@@ -162,6 +162,13 @@ def agreement(ref: Sequence, bat: Sequence) -> float:
     return worst
 
 
+def write_json(path: Path | None, result: dict) -> None:
+    """Write a benchmark's result as indented JSON (nothing without a path)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -238,9 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"(roofline fraction {med['roofline_fraction']:.2f}; square sgemm {med['sgemm_square_gflops']:.1f}); "
           f"full study estimated {result['study_estimate_s']['reference']:.0f} s -> "
           f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

@@ -1,0 +1,115 @@
+"""The batched engine's floor: what its unavoidable matmuls cost, next to the reference loop.
+
+    python benchmarks/engine_floor.py --json results/bench/engine_floor.json
+
+Per run-epoch the batched engine must do three float32 GEMMs of the output layer (p = 97,
+width 64, logits padded to 104 classes, the output bias as a 65th hidden unit):
+
+- forward over the whole table (test metrics are recorded every epoch): (N, 65) @ (65, 104);
+- dW2 over the train rows: (n, 65)^T @ (n, 97);
+- dh over the train rows: (n, 97) @ (97, 64).
+
+This script times those three calls, with the engine's layouts, for a run at ``--frac``, on all
+torch threads and as one single-threaded stream per core (the better of the two is the floor),
+and, in the same process, the reference loop on the same run. ``max_speedup`` =
+reference ms per run-epoch / GEMM floor ms per run-epoch: the speedup an engine would reach if
+everything but these GEMMs (softmax, gather, scatter, optimiser) were free.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phaselib.config import RunConfig  # noqa: E402
+from phaselib.train import make_dataset, train_reference  # noqa: E402
+from train_throughput import Stamps, write_json  # noqa: E402
+
+
+def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], None]]:
+    """The engine's three output-layer GEMMs on random data, as zero-argument calls."""
+    P8 = -(-p // 8) * 8
+    h, W2T, z = torch.randn(N, H + 1).relu_(), torch.randn(H + 1, P8), torch.empty(N, P8)
+    dz, dW2 = torch.randn(n, p), torch.empty(H + 1, p)
+    W2, dh = torch.randn(p, H), torch.empty(n, H)
+    return {"forward": lambda: torch.mm(h, W2T, out=z),
+            "dW2": lambda: torch.mm(h[:n].T, dz, out=dW2),
+            "dh": lambda: torch.mm(dz, W2, out=dh)}
+
+
+def per_call_ms(calls: Sequence[Callable[[], None]], seconds: float) -> float:
+    """Mean ms of one pass over ``calls``, looped for ``seconds`` after a warm-up pass."""
+    for c in calls:
+        c()
+    k, t0 = 0, time.perf_counter()
+    while (spent := time.perf_counter() - t0) < seconds:
+        for c in calls:
+            c()
+        k += 1
+    return spent / k * 1e3
+
+
+def floor_ms(N: int, n: int, H: int, p: int, threads: int, seconds: float) -> dict:
+    """GEMM ms per run-epoch: all threads on one run, or one single-threaded run per core."""
+    calls = gemms(N, n, H, p)
+    one_each = {k: per_call_ms([c], seconds / 3) for k, c in calls.items()}
+    intra = per_call_ms(list(calls.values()), seconds)
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            streams = list(pool.map(lambda _: per_call_ms(list(gemms(N, n, H, p).values()), seconds),
+                                    range(threads)))
+    finally:
+        torch.set_num_threads(threads)
+    streams_ms = statistics.mean(streams) / threads  # run-epochs complete `threads` at a time
+    return {"intra_op_ms": intra, "streams_ms": streams_ms, "floor_ms": min(intra, streams_ms),
+            "per_gemm_ms_all_threads": one_each}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--frac", type=float, default=0.7)
+    ap.add_argument("--epochs", type=int, default=30, help="reference epochs (the first 5 untimed)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per GEMM measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
+    cfg = RunConfig(modulus=97, frac=args.frac, seed=42, epochs=args.epochs, engine="reference", threads=threads)
+    d = make_dataset(cfg)
+    N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
+    flop = 2 * N * (H + 1) * (-(-p // 8) * 8) + 2 * n * (H + 1) * p + 2 * n * p * H
+    train_reference(cfg.replace(epochs=3))  # warm the reference path (allocator, first kernel calls)
+    reps = []
+    for i in range(args.repeats):
+        st = Stamps(5)
+        train_reference(cfg, progress=st)
+        ref_ms = st.seconds / (cfg.epochs - st.start) * 1e3
+        f = floor_ms(N, n, H, p, threads, args.seconds)
+        reps.append({"reference_ms_per_run_epoch": ref_ms, **f, "max_speedup": ref_ms / f["floor_ms"],
+                     "gemm_gflops": flop / f["floor_ms"] / 1e6})
+        print(f"repeat {i + 1}/{args.repeats}: reference {ref_ms:.2f} ms/run-epoch; GEMM floor "
+              f"{f['floor_ms']:.2f} ms ({flop / f['floor_ms'] / 1e6:.0f} GFLOP/s) -> max speedup "
+              f"x{ref_ms / f['floor_ms']:.1f}", flush=True)
+    med = {k: statistics.median(r[k] for r in reps) for k in ("reference_ms_per_run_epoch", "floor_ms", "max_speedup",
+                                                               "gemm_gflops")}
+    result = {"workload": f"p=97, width {H}, frac {args.frac}: N={N} table rows, n={n} train rows",
+              "threads": threads, "gemm_gflop_per_run_epoch": flop / 1e9, **med, "per_repeat": reps}
+    print(f"medians of {args.repeats}: reference {med['reference_ms_per_run_epoch']:.2f} ms/run-epoch, GEMM floor "
+          f"{med['floor_ms']:.2f} ms ({med['gemm_gflops']:.0f} GFLOP/s on {flop / 1e9:.3f} GFLOP): an engine "
+          f"whose only cost were these GEMMs would be x{med['max_speedup']:.1f} the reference")
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
