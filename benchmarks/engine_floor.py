@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phaselib.config import RunConfig  # noqa: E402
 from phaselib.train import make_dataset, train_reference  # noqa: E402
-from train_throughput import Stamps, write_json  # noqa: E402
+from train_throughput import Stamps, intra_and_streams, ms_per_pass, write_json  # noqa: E402
 
 
-def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], None]]:
+def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], object]]:
     """The engine's three output-layer GEMMs on random data, as zero-argument calls."""
     P8 = -(-p // 8) * 8
     h, W2T, z = torch.randn(N, H + 1).relu_(), torch.randn(H + 1, P8), torch.empty(N, P8)
@@ -46,30 +44,10 @@ def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], None]]:
             "dh": lambda: torch.mm(dz, W2, out=dh)}
 
 
-def per_call_ms(calls: Sequence[Callable[[], None]], seconds: float) -> float:
-    """Mean ms of one pass over ``calls``, looped for ``seconds`` after a warm-up pass."""
-    for c in calls:
-        c()
-    k, t0 = 0, time.perf_counter()
-    while (spent := time.perf_counter() - t0) < seconds:
-        for c in calls:
-            c()
-        k += 1
-    return spent / k * 1e3
-
-
 def floor_ms(N: int, n: int, H: int, p: int, threads: int, seconds: float) -> dict:
     """GEMM ms per run-epoch: all threads on one run, or one single-threaded run per core."""
-    calls = gemms(N, n, H, p)
-    one_each = {k: per_call_ms([c], seconds / 3) for k, c in calls.items()}
-    intra = per_call_ms(list(calls.values()), seconds)
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            streams = list(pool.map(lambda _: per_call_ms(list(gemms(N, n, H, p).values()), seconds),
-                                    range(threads)))
-    finally:
-        torch.set_num_threads(threads)
+    one_each = {k: ms_per_pass(lambda k=k: [gemms(N, n, H, p)[k]], seconds / 3) for k in ("forward", "dW2", "dh")}
+    intra, streams = intra_and_streams(lambda: list(gemms(N, n, H, p).values()), threads, seconds)
     streams_ms = statistics.mean(streams) / threads  # run-epochs complete `threads` at a time
     return {"intra_op_ms": intra, "streams_ms": streams_ms, "floor_ms": min(intra, streams_ms),
             "per_gemm_ms_all_threads": one_each}

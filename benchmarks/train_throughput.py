@@ -120,36 +120,49 @@ def time_batched(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
             "records": recs}
 
 
-def _mm_stream(m: int, k: int, n: int, seconds: float) -> tuple[int, float]:
-    """Calls of (m, k) @ (k, n) in a loop for ``seconds``: (calls, elapsed seconds)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    out = torch.empty(m, n)
-    torch.mm(a, b, out=out)
-    calls, t0 = 0, time.perf_counter()
+def ms_per_pass(make_calls: Callable[[], Sequence[Callable[[], object]]], seconds: float) -> float:
+    """Mean ms of one pass over the calls ``make_calls()`` builds (its own operands), looped for
+    ``seconds`` after a warm-up pass. Total (not best-pass) time: on a shared machine every
+    measurement sees the same interference."""
+    calls = make_calls()
+    for c in calls:
+        c()
+    k, t0 = 0, time.perf_counter()
     while (spent := time.perf_counter() - t0) < seconds:
-        torch.mm(a, b, out=out)
-        calls += 1
-    return calls, spent
+        for c in calls:
+            c()
+        k += 1
+    return spent / k * 1e3
+
+
+def intra_and_streams(make_calls: Callable[[], Sequence[Callable[[], object]]], threads: int,
+                      seconds: float) -> tuple[float, list[float]]:
+    """ms per pass on all ``threads`` torch threads, and per pass of each of ``threads`` concurrent
+    single-threaded streams (how the batched engine's workers use the cores), each with its own operands."""
+    intra = ms_per_pass(make_calls, seconds)
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            streams = list(pool.map(lambda _: ms_per_pass(make_calls, seconds), range(threads)))
+    finally:
+        torch.set_num_threads(threads)
+    return intra, streams
+
+
+def _mm(m: int, k: int, n: int) -> list[Callable[[], object]]:
+    a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+    return [lambda: torch.mm(a, b, out=out)]
 
 
 def sgemm_gflops(m: int, k: int, n: int, threads: int, seconds: float = 0.5) -> dict:
     """Float32 torch.mm throughput (GFLOP/s) of (m, k) @ (k, n) with ``threads`` cores, two ways.
 
     ``intra_op``: one stream of calls on ``threads`` torch threads; ``streams``: ``threads``
-    concurrent single-threaded streams (how the batched engine's workers use the cores);
-    ``best``: the larger, the roofline's denominator. Total (not best-call) time over ``seconds``,
-    as the engines are timed: on a shared machine both see the same interference.
+    concurrent single-threaded streams, summed; ``best``: the larger, the roofline's denominator.
     """
     flop = 2.0 * m * k * n
-    calls, spent = _mm_stream(m, k, n, seconds)
-    intra = flop * calls / spent / 1e9
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(threads) as pool:
-            res = list(pool.map(lambda _: _mm_stream(m, k, n, seconds), range(threads)))
-    finally:
-        torch.set_num_threads(threads)
-    streams = sum(flop * c / s for c, s in res) / 1e9
+    intra_ms, streams_ms = intra_and_streams(lambda: _mm(m, k, n), threads, seconds)
+    intra, streams = flop / intra_ms / 1e6, sum(flop / ms / 1e6 for ms in streams_ms)
     return {"intra_op": intra, "streams": streams, "best": max(intra, streams)}
 
 

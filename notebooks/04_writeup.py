@@ -67,7 +67,7 @@ import matplotlib.pyplot as plt
 from phaselib import params, plots, published
 from phaselib.claims import claims_table, operation_table, per_frac_lags
 from phaselib.detector_study import evaluate_detectors
-from phaselib.signal_claims import alarm_table, estimate_quality, verdicts
+from phaselib.signal_claims import alarm_table, quality_totals, verdicts
 from phaselib.evaluate import detector_table
 from phaselib.notebook import ensure, open_store, say, show
 from phaselib.results import write_results
@@ -103,7 +103,8 @@ show(table2(summary))
 # test metric (all runs).
 
 # %% tags=["nbval-check-output"]
-show(operation_table(summary), name="operations", out_dir=P.out_dir)
+operations = operation_table(summary)
+show(operations, name="operations", out_dir=P.out_dir)
 
 # %% [markdown]
 # ## 4. Lag against fraction
@@ -173,11 +174,9 @@ if len(long):
 
 # %% tags=["nbval-check-output"]
 probe_records = list(store.records(probing))
-quality = estimate_quality([r for r in probe_records if r.config.task == "modular"])
-say(f"{len(probe_records)} probed runs. Eigensolves converged: λ_max "
-    f"{sum(int(q.split('/')[0]) for q in quality['λ_max converged'])}/{int(quality['Hessian probes'].sum())}, "
-    f"λ_min {sum(int(q.split('/')[0]) for q in quality['λ_min converged'])}/{int(quality['Hessian probes'].sum())}; "
-    f"median relative s.e. of the trace {quality['median trace rel. s.e.'].median():.3f}.")
+q = quality_totals([r for r in probe_records if r.config.task == "modular"])
+say(f"{len(probe_records)} probed runs. Eigensolves converged: λ_max {q['lmax']}/{q['probes']}, "
+    f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}.")
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)
 
@@ -239,7 +238,7 @@ say("\n".join(lines))
 
 # %%
 path = write_results(P.out_dir, P.to_dict(), {"summary": summary, "claims": claims, "lag_by_fraction": pf,
-                                                  "operations": operation_table(summary), "detectors": ranked,
+                                                  "operations": operations, "detectors": ranked,
                                                   "signal_verdicts": signal_verdicts},
                      {"published": {"source": published.SOURCE, "table1": published.TABLE1.to_dict(orient="records"),
                                     "table2": published.TABLE2.to_dict(orient="records")}})

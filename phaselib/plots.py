@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .detect.offline import Analysis, Settings, smooth
+from .detect.offline import Analysis, Settings, generalisation_epoch, smooth
 from .models import LAYERS
 from .record import RunRecord
 
@@ -200,7 +200,6 @@ def event_aligned(records: Sequence[RunRecord], signal: str, label: str, thresho
                   ax: plt.Axes | None = None) -> plt.Axes:
     """A probed signal of every generalised modular run against epochs relative to its generalisation
     event (0 = test metric at ``threshold`` to the end), so runs of different fractions line up."""
-    from .detect.offline import generalisation_epoch
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.2))
     drawn = 0

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .claims import clopper_pearson
 from .detect import changepoint, curvature, online
 from .detect.offline import generalisation_epoch
 from .record import RunRecord
@@ -94,7 +95,6 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
 def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
     """Per claim: supporting runs among generalised modular runs (with the exact 95% CI of the
     share), control false alarms, verdict."""
-    from .claims import clopper_pearson
     rows = []
     for c in CLAIMS:
         a = alarms[alarms["claim"] == c.claim]
@@ -119,15 +119,31 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _quality(rec: RunRecord) -> dict:
+    """One run's Hessian probes, converged eigensolves (λ_max, λ_min) and median relative s.e. of the trace."""
+    t = rec.table[rec.table["layer"] == "all"]
+    conv = {w: t[t["signal"] == f"hessian_{w}_converged"]["value"] for w in ("lmax", "lmin")}
+    tr = t[t["signal"] == "hessian_trace"]
+    return {"probes": len(conv["lmax"]), "lmax": int(conv["lmax"].sum()), "lmin": int(conv["lmin"].sum()),
+            "trace_rse": float((tr["stderr"] / tr["value"].abs()).median()) if len(tr) else np.nan}
+
+
 def estimate_quality(records: Sequence[RunRecord]) -> pd.DataFrame:
     """Per run: Hessian probes, how many eigensolves converged, median relative s.e. of the trace."""
     rows = []
     for rec in records:
-        t = rec.table[rec.table["layer"] == "all"]
-        conv = {w: t[t["signal"] == f"hessian_{w}_converged"]["value"] for w in ("lmax", "lmin")}
-        tr = t[t["signal"] == "hessian_trace"]
-        rows.append({"run": rec.config.label, "Hessian probes": len(conv["lmax"]),
-                     "λ_max converged": f"{int(conv['lmax'].sum())}/{len(conv['lmax'])}",
-                     "λ_min converged": f"{int(conv['lmin'].sum())}/{len(conv['lmin'])}",
-                     "median trace rel. s.e.": float((tr["stderr"] / tr["value"].abs()).median()) if len(tr) else np.nan})
+        q = _quality(rec)
+        rows.append({"run": rec.config.label, "Hessian probes": q["probes"],
+                     "λ_max converged": f"{q['lmax']}/{q['probes']}", "λ_min converged": f"{q['lmin']}/{q['probes']}",
+                     "median trace rel. s.e.": q["trace_rse"]})
     return pd.DataFrame(rows)
+
+
+def quality_totals(records: Sequence[RunRecord]) -> dict:
+    """Over all runs: Hessian probes, converged λ_max and λ_min eigensolves, and the median over
+    runs of each run's median relative s.e. of the trace."""
+    qs = [_quality(r) for r in records]
+    rse = [q["trace_rse"] for q in qs]
+    return {"probes": sum(q["probes"] for q in qs), "lmax": sum(q["lmax"] for q in qs),
+            "lmin": sum(q["lmin"] for q in qs),
+            "trace_rse": float(np.nanmedian(rse)) if np.isfinite(rse).any() else np.nan}

@@ -2,7 +2,7 @@ import numpy as np
 
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
-from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, verdicts
+from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, estimate_quality, quality_totals, verdicts
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
@@ -61,3 +61,25 @@ def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
     v = verdicts(alarm_table(recs))
     assert (v["supporting runs"] == "3/3").all()
     assert (v["share 95% CI"] == "[0.29, 1.00]").all()  # Clopper-Pearson 3/3: 0.025 ** (1/3) = 0.292
+
+
+def probed(seed: int, lmax_ok: list[int], lmin_ok: list[int], rse: float) -> RunRecord:
+    """A run with Hessian probes whose convergence flags and trace standard errors are known."""
+    cfg = RunConfig(task="modular", modulus=11, seed=seed, epochs=100, width=8)
+    ep = np.arange(len(lmax_ok)) * 10
+    trace = np.full(len(ep), 4.0)
+    return RunRecord(cfg, tidy(cfg.key, ep, {("hessian_lmax_converged", "all"): lmax_ok,
+                                             ("hessian_lmin_converged", "all"): lmin_ok,
+                                             ("hessian_trace", "all"): trace},
+                               stderr={("hessian_trace", "all"): trace * rse}))
+
+
+def test_quality_totals_add_up_the_per_run_table():
+    recs = [probed(0, [1, 1, 0], [1, 0, 0], 0.01), probed(1, [1, 1, 1], [1, 1, 0], 0.03),
+            probed(2, [0, 1, 1], [1, 1, 1], 0.02)]
+    per_run = estimate_quality(recs)
+    assert list(per_run["λ_min converged"]) == ["1/3", "2/3", "3/3"]
+    q = quality_totals(recs)
+    assert (q["probes"], q["lmax"], q["lmin"]) == (9, 7, 6)
+    assert abs(q["trace_rse"] - 0.02) < 1e-12
+    assert np.isnan(quality_totals([])["trace_rse"]) and quality_totals([])["probes"] == 0
