@@ -32,6 +32,11 @@ single-threaded stream of calls per core (``sgemm_streams_gflops``, how the engi
 run).
 ``roofline_fraction`` = achieved_gflops / sgemm_gflops. A 2048^3 sgemm is measured alongside
 (``sgemm_square_gflops``) for context.
+
+The batched engine runs with the fused C kernels of ``phaselib/kernels.c`` when they build
+(``kernels`` in the JSON says which path ran). When they do, the same engine on plain torch
+operations (``PHASELIB_KERNELS=torch``) is timed in the same repetitions as a third contender:
+``batched_torch_ops_ms_per_run_epoch`` and ``kernel_speedup`` (= its time / the native time).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -51,6 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from phaselib import kernels  # noqa: E402
 from phaselib.config import RunConfig  # noqa: E402
 from phaselib.engine import train_batched  # noqa: E402
 from phaselib.executors import batches  # noqa: E402
@@ -118,6 +125,26 @@ def time_batched(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
         flops += sum(study_flops(c, st.start, c.epochs) for c in g)
     return {"loop_s": loop_s, "run_epochs": run_epochs, "flops": flops, "wall_s": time.perf_counter() - t0,
             "records": recs}
+
+
+@contextmanager
+def kernel_mode(mode: str):
+    """Run the batched engine with ``PHASELIB_KERNELS=mode`` inside the block."""
+    before = os.environ.get("PHASELIB_KERNELS")
+    os.environ["PHASELIB_KERNELS"] = mode
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PHASELIB_KERNELS"]
+        else:
+            os.environ["PHASELIB_KERNELS"] = before
+
+
+def time_torch_ops(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
+    """The batched engine on plain torch operations (the fused kernels switched off)."""
+    with kernel_mode("torch"):
+        return time_batched(groups, warmup)
 
 
 def ms_per_pass(make_calls: Callable[[], Sequence[Callable[[], object]]], seconds: float) -> float:
@@ -204,16 +231,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ref_cfgs = [c.replace(engine="reference") for g in groups for c in g]
     study_run_epochs = sum(c.epochs for c in study)
 
-    # warm both paths (allocator, kernels' first calls)
+    # warm every path (allocator, kernels' first calls; builds the native kernels if needed)
+    native = kernels.use_native(torch.device(groups[0][0].device))
     train_reference(ref_cfgs[0].replace(epochs=3))
     train_batched([c.replace(epochs=3) for c in groups[-1]])
+    if native:
+        with kernel_mode("torch"):
+            train_batched([c.replace(epochs=3) for c in groups[-1]])
 
     reps = []
     for i in range(args.repeats):
         runs: dict[str, dict] = {}
         order: list[tuple[str, Callable[[], dict]]] = [("reference", lambda: time_reference(ref_cfgs, args.warmup)),
                                                        ("batched", lambda: time_batched(groups, args.warmup))]
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
+        if native:
+            order.append(("torch_ops", lambda: time_torch_ops(groups, args.warmup)))
+        order = order[i % len(order):] + order[:i % len(order)]  # each contender goes first in turn
+        for name, fn in order:
             runs[name] = fn()
         sgemm = sgemm_gflops(9409, 64, 97, threads)
         square = sgemm_gflops(2048, 2048, 2048, threads)
@@ -229,8 +263,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "sgemm_streams_gflops": sgemm["streams"],
                      "reference_wall_s": ref["wall_s"], "batched_wall_s": bat["wall_s"],
                      "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"])})
+        ops = ""
+        if native:
+            ops_ms = runs["torch_ops"]["loop_s"] / runs["torch_ops"]["run_epochs"] * 1e3
+            reps[-1].update(batched_torch_ops_ms_per_run_epoch=ops_ms, kernel_speedup=ops_ms / bat_ms)
+            ops = f"; on torch ops {ops_ms:.2f} (kernels x{ops_ms / bat_ms:.2f})"
         print(f"repeat {i + 1}/{args.repeats}: reference {ref_ms:.2f} ms/run-epoch, batched {bat_ms:.2f} "
-              f"(x{ref_ms / bat_ms:.1f}); {achieved:.1f} GFLOP/s = {achieved / sg:.2f} of sgemm {sg:.1f}", flush=True)
+              f"(x{ref_ms / bat_ms:.1f}){ops}; {achieved:.1f} GFLOP/s = {achieved / sg:.2f} of sgemm {sg:.1f}",
+              flush=True)
 
     med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
     result = {
@@ -239,9 +279,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      f"{args.warmup} untimed"),
         "runs": len(ref_cfgs), "batch_sizes": [len(g) for g in groups], "epochs_per_run": args.epochs,
         "timed_epochs_per_run": args.epochs - args.warmup, "repeats": args.repeats, "threads": threads,
+        "kernels": "native" if native else "torch",
         **{k: med[k] for k in ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "speedup",
                                "achieved_gflops", "sgemm_gflops", "roofline_fraction", "sgemm_square_gflops",
-                               "roofline_fraction_square", "max_rel_diff_grad_norm")},
+                               "roofline_fraction_square", "max_rel_diff_grad_norm",
+                               "batched_torch_ops_ms_per_run_epoch", "kernel_speedup") if k in med},
         "sgemm_shape": [9409, 64, 97],
         "study_estimate_s": {"reference": med["reference_ms_per_run_epoch"] * study_run_epochs / 1e3,
                              "batched": med["batched_ms_per_run_epoch"] * study_run_epochs / 1e3,
@@ -257,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"batched {med['achieved_gflops']:.1f} GFLOP/s against sgemm {med['sgemm_gflops']:.1f} "
           f"(roofline fraction {med['roofline_fraction']:.2f}; square sgemm {med['sgemm_square_gflops']:.1f}); "
           f"full study estimated {result['study_estimate_s']['reference']:.0f} s -> "
-          f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}")
+          f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}"
+          + (f"; fused kernels x{med['kernel_speedup']:.2f} over torch ops" if native else "; kernels: torch ops"))
     write_json(args.json, result)
     return result
 

@@ -17,6 +17,11 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 - **No per-epoch host synchronisation.** Signals accumulate in a preallocated device tensor that is
   copied to the host once per ``chunk`` epochs. Callbacks and probers need host values, so when any
   is given the engine syncs once per *recorded* epoch instead (as the reference loop does).
+- **Fused kernels.** On the CPU, the elementwise chains between the three output-layer matmuls
+  (hidden layer, softmax cross-entropy with its gradient, ReLU mask with the first-layer
+  scatter-add) run as C loops that finish each row in cache (:mod:`phaselib.kernels`); the torch
+  operations they replace stay as the fallback (``PHASELIB_KERNELS=torch``, other devices, or no
+  C compiler), and both paths are tested against the reference.
 - **Threads.** On the CPU a modular batch splits its runs between ``min(threads, R)`` worker
   threads running single-threaded operations (see :class:`_Modular`); the regression control,
   whose tensors are small, runs all its runs through batched matmuls.
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data import Dataset
+from . import kernels
 from .executors import batch_key
 from .models import MLP, make_model
 from .record import RunRecord, concat_tables, rows_table, tidy
@@ -280,6 +286,13 @@ class _Modular(_Task):
         self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p, device)
                      for d, o, n in zip(data, self.row_order, self.ntr)]
         self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
+        self.native = kernels.use_native(device)
+        if self.native:  # each row's two one-hot positions, in the run's row order
+            self.ia = [torch.as_tensor(d.a[o]).long().contiguous() for d, o in zip(data, self.row_order)]
+            self.ib = [torch.as_tensor(d.b[o] + p).long().contiguous() for d, o in zip(data, self.row_order)]
+            for ia, ib, y in zip(self.ia, self.ib, self.y):  # checked once here; the step calls skip the checks
+                kernels.check_index(two_p, ia, ib)
+                kernels.check_index(p, y)
         self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
@@ -330,6 +343,9 @@ class _Modular(_Task):
                 self._run(w, r, P, G, record)
 
     def _run(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
+        if self.native:
+            self._run_native(w, r, P, G, record)
+            return
         p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
         rows = N if record else n
         # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
@@ -366,6 +382,34 @@ class _Modular(_Task):
         src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
         G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))
         torch.sum(G.E1[r, :p], 0, out=G.b1[r])  # every train row is in exactly one a-column
+
+
+    def _run_native(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
+        """:meth:`_run` with its elementwise chains fused into the C kernels of :mod:`phaselib.kernels`.
+
+        Same quantities, same matmuls; the hidden layer is built row by row from the two columns
+        (no table, no gather), the loss/accuracy/softmax gradient come from one pass per row, and
+        the ReLU mask and the first-layer scatter-add from one pass over the train rows.
+        """
+        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
+        rows = N if record else n
+        torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
+        w.E[p:, :H].copy_(P.E1[r, p:])
+        h = w.h[:rows]
+        kernels.hidden_rows(w.E, self.ia[r], self.ib[r], h, check=False)
+        w.W2T[:H, :p].copy_(P.W2T[r])
+        w.W2T[H, :p].copy_(P.b2[r])
+        w.W2.copy_(P.W2T[r].T)
+        z = torch.mm(h, w.W2T, out=w.z[:rows])
+        dz = w.dz[:n]
+        kernels.xent_rows(z, p, n, self.y[r], EXP_FLOOR, self.nll[r] if record else None,
+                          self.correct[r] if record else None, dz, check=False)
+        torch.mm(h[:n].T, dz, out=w.dW2)
+        G.W2T[r].copy_(w.dW2[:H])
+        G.b2[r].copy_(w.dW2[H])
+        dh = torch.mm(dz, w.W2, out=w.dh[:n])
+        kernels.scatter_hidden_grad(dh, h[:n], self.ia[r], self.ib[r], G.E1[r], check=False)
+        torch.sum(G.E1[r, :p], 0, out=G.b1[r])
 
 
 class _Regression(_Task):
@@ -496,6 +540,7 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
     with deterministic(cfg0.threads), torch.no_grad():
         threads = torch.get_num_threads()  # _build may move some to worker threads; probers get them all
         task, P = _build(cfgs, data, device)
+        kernel_path = "native" if getattr(task, "native", False) else "torch"
         try:
             G = P.like()
             lr = np.array([c.lr for c in cfgs], dtype=np.float64)
@@ -545,7 +590,7 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
         if extra[r]:
             table = concat_tables([table, rows_table(c.key, extra[r])])
         meta = run_metadata(c, wall / R, controls[r], int(last[r]) + 1, "batched")
-        meta.update(batch_size=R, batch_wall_time_s=wall)
+        meta.update(batch_size=R, batch_wall_time_s=wall, kernels=kernel_path)
         records.append(RunRecord(c, table, meta))
     return records
 

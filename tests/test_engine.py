@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from phaselib import kernels
 from phaselib.config import RunConfig
 from phaselib.engine import StackedAdamW, initial_gradients, train_batched
 from phaselib.models import make_model
@@ -16,6 +17,15 @@ RTOL = 1e-5
 #: Tests run single-threaded: the machine may be shared, where intra-op thread pools stall, and
 #: records do not depend on the thread count (test_records_do_not_depend_on_threads_or_batch_mates).
 ONE = {"threads": 1}
+
+
+@pytest.fixture(params=["native", "torch"])
+def kernel_path(request, monkeypatch):
+    """Run a modular test through the fused C kernels and through the plain torch operations."""
+    if request.param == "native" and kernels.library() is None:
+        pytest.skip("native kernels did not build here")
+    monkeypatch.setenv("PHASELIB_KERNELS", request.param)
+    return request.param
 
 
 def mixed_batch(p: int = 13, epochs: int = 50, width: int = 32) -> list[RunConfig]:
@@ -44,14 +54,14 @@ def assert_agrees(batched: RunRecord, ref: RunRecord, rtol: float = RTOL) -> Non
         assert rel_err(a, b) <= rtol, (batched.config.label, signal, layer, rel_err(a, b))
 
 
-def test_mixed_batch_agrees_with_reference_over_50_epochs():
+def test_mixed_batch_agrees_with_reference_over_50_epochs(kernel_path):
     cfgs = mixed_batch()
     for rec, cfg in zip(train_batched(cfgs), cfgs):
-        assert rec.config == cfg and rec.meta["engine"] == "batched"
+        assert rec.config == cfg and rec.meta["engine"] == "batched" and rec.meta["kernels"] == kernel_path
         assert_agrees(rec, train_reference(cfg))
 
 
-def test_full_size_p97_agrees_with_reference_over_50_epochs():
+def test_full_size_p97_agrees_with_reference_over_50_epochs(kernel_path):
     """Two of the paper's runs. Not every run stays within 1e-5 for 50 epochs under *any* change of
     float32 summation order: AdamW's first steps turn ~1e-10 gradient differences on entries with
     |g| near eps = 1e-8 into ~1e-6 parameter differences, and a row whose pre-activation is that
@@ -65,7 +75,7 @@ def test_full_size_p97_agrees_with_reference_over_50_epochs():
         assert_agrees(rec, train_reference(cfg))
 
 
-def test_division_batch_agrees_with_reference():
+def test_division_batch_agrees_with_reference(kernel_path):
     cfgs = [RunConfig(modulus=11, operation="div", frac=f, seed=s, epochs=50, width=16, **ONE)
             for f, s in ((0.7, 1), (0.4, 2))]
     for rec, cfg in zip(train_batched(cfgs), cfgs):
@@ -78,7 +88,7 @@ def test_regression_batch_agrees_with_reference():
         assert_agrees(rec, train_reference(cfg))
 
 
-def test_record_cadence_and_chunks_match_reference():
+def test_record_cadence_and_chunks_match_reference(kernel_path):
     cfgs = [c.replace(epochs=40, record_every=7) for c in mixed_batch()[:3]]
     for rec, cfg in zip(train_batched(cfgs, chunk=9), cfgs):
         assert list(rec.series("grad_norm").index) == [0, 7, 14, 21, 28, 35, 39]
@@ -86,7 +96,7 @@ def test_record_cadence_and_chunks_match_reference():
 
 
 @pytest.mark.parametrize("task", ["modular", "regression"])
-def test_one_step_gradients_equal_autograd_on_the_dense_model(task):
+def test_one_step_gradients_equal_autograd_on_the_dense_model(task, kernel_path):
     if task == "modular":
         cfgs = mixed_batch(p=23, width=64)
     else:
@@ -190,13 +200,13 @@ def test_probers_see_each_runs_own_model():
     assert ("probe_norm", "fc2") not in recs[1].signals()
 
 
-def test_same_call_is_bit_identical():
+def test_same_call_is_bit_identical(kernel_path):
     cfgs = mixed_batch(epochs=30)
     a, b = train_batched(cfgs), train_batched(cfgs)
     assert all(x.table.equals(y.table) for x, y in zip(a, b))
 
 
-def test_records_do_not_depend_on_threads_or_batch_mates():
+def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
     """Bit-identical: alone or batched, in any order, on one thread or split between two workers."""
     cfgs = mixed_batch(p=23, epochs=30, width=64)
     threads = torch.get_num_threads()

@@ -1,0 +1,205 @@
+"""Fused CPU kernels (``kernels.c``) for the batched engine, compiled on first use and cached.
+
+Why: after the three output-layer matmuls, the modular step's cost was a dozen elementwise torch
+operations, each streaming a whole logits or hidden tensor through memory (about a third of a
+run-epoch on this machine's CPU). ``kernels.c`` finishes each row while it is in cache.
+
+The library is built with the system C compiler (``$CC``, else ``cc``) into a cache directory
+(``$PHASELIB_CACHE``, else ``$XDG_CACHE_HOME/phaselib``, else ``~/.cache/phaselib``), under a
+name that hashes the source, the flags, the compiler's version and the CPU's flags, so a changed
+source, compiler or machine gets its own build. ``PHASELIB_KERNELS`` chooses: ``auto`` (default:
+native kernels if they build, else the torch operations, with one warning), ``native`` (fail if
+they do not build) or ``torch`` (never build). Only CPU float32 tensors go through them; other
+devices always take the torch path (:func:`use_native`).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
+         "-std=c11")
+MODES = ("auto", "native", "torch")
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "xent_rows": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _P),
+    "hidden_rows": (_P, _I, _P, _P, _I, _P),
+    "scatter_hidden_grad": (_P, _P, _I, _P, _P, _I, _I, _I, _P),
+}
+
+
+class KernelBuildError(RuntimeError):
+    """The native kernels were required (``PHASELIB_KERNELS=native``) but could not be built or loaded."""
+
+
+def mode() -> str:
+    """The ``PHASELIB_KERNELS`` setting, validated."""
+    m = os.environ.get("PHASELIB_KERNELS", "auto").strip().lower() or "auto"
+    if m not in MODES:
+        raise ValueError(f"PHASELIB_KERNELS: {m!r} is invalid; allowed: one of {list(MODES)}")
+    return m
+
+
+def cache_dir() -> Path:
+    if os.environ.get("PHASELIB_CACHE"):
+        return Path(os.environ["PHASELIB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "phaselib"
+
+
+def _compiler() -> str:
+    return os.environ.get("CC", "cc")
+
+
+def _build_key(cc: str) -> str:
+    """Hash of everything the binary depends on: source, flags, compiler version, CPU flags."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(FLAGS).encode())
+    h.update(subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout.encode())
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        h.update(next((ln for ln in cpu.splitlines() if ln.startswith(("flags", "Features"))), "").encode())
+    except OSError:
+        pass
+    return h.hexdigest()[:16]
+
+
+def build(dest: Path | None = None) -> Path:
+    """Compile ``kernels.c`` (if its cached build is missing) and return the library's path.
+
+    Concurrent builders (a process-pool sweep) each compile to a temporary file and move it
+    into place atomically, so a reader never sees a half-written library.
+    """
+    cc = _compiler()
+    dest = dest or cache_dir()
+    lib = dest / f"phaselib_kernels_{_build_key(cc)}.so"
+    if lib.exists():
+        return lib
+    dest.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=dest)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelBuildError(f"{cc} failed on {SOURCE} ({proc.returncode}):\n{proc.stderr.strip()}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@lru_cache(maxsize=None)
+def _load(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, None
+    return lib
+
+
+@lru_cache(maxsize=None)
+def _library(m: str) -> ctypes.CDLL | None:
+    if m == "torch":
+        return None
+    try:
+        return _load(str(build()))
+    except (OSError, subprocess.SubprocessError, KernelBuildError) as err:
+        if m == "native":
+            raise KernelBuildError(f"PHASELIB_KERNELS=native, but the kernels are unavailable: {err}") from err
+        warnings.warn(f"phaselib: native kernels unavailable, using torch operations instead ({err})",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None when ``PHASELIB_KERNELS`` is ``torch`` or (``auto``) they do not build."""
+    return _library(mode())
+
+
+def use_native(device: torch.device) -> bool:
+    """Whether the engine's modular step on ``device`` runs the native kernels."""
+    return device.type == "cpu" and library() is not None
+
+
+def _ptr(t: torch.Tensor | None, dtype: torch.dtype) -> int | None:
+    if t is None:
+        return None
+    if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+        raise ValueError(f"tensor: {t.device} {t.dtype} contiguous={t.is_contiguous()} is invalid; "
+                         f"allowed: a contiguous CPU {dtype} tensor")
+    return t.data_ptr()
+
+
+def check_index(rows: int, *index: torch.Tensor) -> None:
+    """The C loops trust their row indices and labels; the wrappers refuse out-of-range ones unless
+    ``check=False`` (the engine validates its fixed indices once, not every step)."""
+    for ix in index:
+        if ix.numel() and (int(ix.min()) < 0 or int(ix.max()) >= rows):
+            raise ValueError(f"index: values outside [0, {rows}) are invalid; allowed: row indices of a "
+                             f"{rows}-row table")
+
+
+def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: float,
+              nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor, check: bool = True) -> None:
+    """Softmax cross-entropy of the rows of ``z`` (rows, ldz): per-row ``nll`` and ``correct``
+    (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c."""
+    rows, ldz = z.shape
+    if ldz % 8 or p > ldz or n_train > rows or y.shape[0] < rows or dz.shape[0] < n_train or dz.shape[1] != p:
+        raise ValueError(f"xent_rows: shapes z {tuple(z.shape)}, p {p}, n_train {n_train}, y {tuple(y.shape)}, "
+                         f"dz {tuple(dz.shape)} are invalid; allowed: ldz a multiple of 8 >= p, "
+                         "n_train <= rows <= len(y), dz (>= n_train, p)")
+    if check and rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
+        raise ValueError(f"y: labels outside [0, {p}) are invalid; allowed: class indices below p = {p}")
+    if not -87.0 <= floor <= 0.0:  # exp(floor) must stay a normal float32 (kernels.c, exp_range)
+        raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
+    if (nll is None) != (correct is None):
+        raise ValueError("nll, correct: one given without the other is invalid; allowed: both or neither")
+    shift = torch.empty(rows) if nll is not None else None
+    library().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
+                        _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
+                        _ptr(dz, torch.float32))
+    if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
+        nll[:rows].log_().sub_(shift)
+
+
+def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Tensor, check: bool = True) -> None:
+    """``h[i] = relu(E[ia[i]] + E[ib[i]])`` for the rows of ``h``. See kernels.c."""
+    rows, width = h.shape
+    if E.shape[1] != width or ia.shape[0] < rows or ib.shape[0] < rows:
+        raise ValueError(f"hidden_rows: shapes E {tuple(E.shape)}, ia {tuple(ia.shape)}, h {tuple(h.shape)} "
+                         "are invalid; allowed: E and h of equal width, at least as many indices as rows")
+    if check:
+        check_index(E.shape[0], ia[:rows], ib[:rows])
+    library().hidden_rows(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
+                          _ptr(h, torch.float32))
+
+
+def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                        dE: torch.Tensor, check: bool = True) -> None:
+    """``dE = 0; dE[ia[i]] += dh[i] * (h[i] > 0); dE[ib[i]] += ...`` in row order. See kernels.c.
+
+    ``h`` is a row slice of a wider contiguous buffer (its first ``width`` columns are used).
+    """
+    n, width = dh.shape
+    if h.shape[0] < n or h.shape[1] < width or h.stride(1) != 1 or dE.shape[1] != width \
+            or ia.shape[0] < n or ib.shape[0] < n:
+        raise ValueError(f"scatter_hidden_grad: shapes dh {tuple(dh.shape)}, h {tuple(h.shape)}, "
+                         f"dE {tuple(dE.shape)} are invalid; allowed: h at least dh's rows and width, dE dh's width")
+    if h.device.type != "cpu" or h.dtype != torch.float32:
+        raise ValueError(f"h: {h.device} {h.dtype} is invalid; allowed: a CPU float32 tensor")
+    if check:
+        check_index(dE.shape[0], ia[:n], ib[:n])
+    library().scatter_hidden_grad(_ptr(dh, torch.float32), h.data_ptr(), h.stride(0), _ptr(ia, torch.int64),
+                                  _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))

@@ -1,0 +1,181 @@
+"""The fused C kernels against float64 ground truth and the torch operations they replace."""
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from phaselib import kernels
+from phaselib.engine import EXP_FLOOR
+
+native = pytest.mark.skipif(kernels.library() is None, reason="native kernels did not build here")
+
+
+def logits(rows: int = 300, p: int = 13, ldz: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random logits with hard rows: a 120-nat gap (exp below the floor), ties, a huge scale."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.full((rows, ldz), -torch.inf)
+    z[:, :p] = torch.randn(rows, p, generator=g) * 5
+    z[0, :p] = torch.linspace(-120, 0, p)  # a class 120 nats below the max
+    z[1, :p] = 3.0  # every class tied
+    z[2, :p] *= 40  # spread of hundreds of nats
+    y = torch.randint(0, p, (rows,), generator=g)
+    y[1] = p - 1
+    return z, y
+
+
+def truth(z: torch.Tensor, y: torch.Tensor, p: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 cross-entropy, 'label attains the max', softmax - onehot; classes below the floor as exp(floor)."""
+    zd = z.double()
+    shifted = zd - zd.max(1, keepdim=True).values
+    e = shifted.clamp_min(EXP_FLOOR).exp()
+    s = e.sum(1)
+    nll = s.log() - shifted.gather(1, y[:, None]).squeeze(1)  # the label's own logit is not clamped
+    correct = (z.gather(1, y[:, None]) >= z.max(1, keepdim=True).values).squeeze(1)
+    dz = (e / s[:, None])[:, :p] - F.one_hot(y, p).double()
+    return nll.numpy(), correct.numpy(), dz.numpy()
+
+
+@native
+@pytest.mark.parametrize("n_train", [0, 17, 300])
+def test_xent_rows_matches_float64_truth(n_train):
+    z, y = logits()
+    nll, correct, dz = torch.empty(300), torch.empty(300, dtype=torch.bool), torch.full((300, 13), np.nan)
+    kernels.xent_rows(z, 13, n_train, y, EXP_FLOOR, nll, correct, dz)
+    t_nll, t_correct, t_dz = truth(z, y, 13)
+    np.testing.assert_allclose(nll.numpy(), t_nll, rtol=2e-6, atol=2e-6)
+    assert np.array_equal(correct.numpy(), t_correct)
+    np.testing.assert_allclose(dz[:n_train].numpy(), t_dz[:n_train], rtol=0, atol=3e-7)
+    assert torch.isnan(dz[n_train:]).all()  # rows past n_train are not written
+
+
+@native
+def test_exp_is_accurate_to_a_few_ulp_over_its_range():
+    """With one class at d and 7 at the floor, the softmax gradient of the class is e^d/(e^d + 7e^floor)."""
+    d = torch.linspace(EXP_FLOOR, 0.0, 4001)
+    z = torch.full((d.numel(), 8), -torch.inf)
+    z[:, 0], z[:, 1] = d, 0.0  # class 1 is the max (0), class 0 at d
+    y = torch.ones(d.numel(), dtype=torch.long)
+    dz = torch.empty(d.numel(), 8)
+    kernels.xent_rows(z, 8, d.numel(), y, EXP_FLOOR, None, None, dz)
+    e = d.double().exp()
+    s = 1.0 + e + 6 * np.exp(EXP_FLOOR)
+    rel = ((dz[:, 0].double() - e / s) / (e / s)).abs().max().item()
+    assert rel < 5e-7, rel  # a few float32 ulp (the division by s adds one)
+
+
+@native
+def test_xent_rows_propagates_nan():
+    z, y = logits(rows=4)
+    z[3, 5] = torch.nan
+    nll, correct, dz = torch.empty(4), torch.empty(4, dtype=torch.bool), torch.empty(4, 13)
+    kernels.xent_rows(z, 13, 4, y, EXP_FLOOR, nll, correct, dz)
+    assert torch.isnan(nll[3]) and torch.isnan(dz[3]).all() and not torch.isnan(nll[:3]).any()
+
+
+@native
+def test_hidden_rows_is_bit_identical_to_torch():
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(26, 9, generator=g)
+    ia, ib = torch.randint(0, 13, (500,), generator=g), torch.randint(13, 26, (500,), generator=g)
+    h = torch.empty(500, 9)
+    kernels.hidden_rows(E, ia, ib, h)
+    assert torch.equal(h, torch.relu(E[ia] + E[ib]))
+
+
+@native
+def test_scatter_hidden_grad_matches_index_add_and_embedding_bag():
+    g = torch.Generator().manual_seed(2)
+    n, width, rows = 400, 8, 26
+    ia, ib = torch.randint(0, 13, (n,), generator=g), torch.randint(13, 26, (n,), generator=g)
+    dh = torch.randn(n, width, generator=g)
+    h = torch.randn(n, width + 1, generator=g).relu()  # one extra column, as the engine's constant unit
+    h[::7, :3] = 0.0
+    dE = torch.full((rows, width), np.nan)
+    kernels.scatter_hidden_grad(dh, h, ia, ib, dE)
+    masked = (dh * (h[:, :width] > 0)).double()
+    want = torch.zeros(rows, width, dtype=torch.float64).index_add_(0, ia, masked).index_add_(0, ib, masked)
+    np.testing.assert_allclose(dE.double().numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
+    # the engine's torch path: segment sums in source-row order, which the C loop also follows
+    dest = torch.cat([ia, ib])
+    order = torch.argsort(dest, stable=True)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(dest, minlength=rows).cumsum(0)[:-1]])
+    bag = F.embedding_bag(torch.arange(n).repeat(2)[order], (dh * (h[:, :width] > 0)), offsets, mode="sum")
+    assert torch.equal(dE, bag)
+
+
+@native
+def test_bad_shapes_and_indices_are_refused():
+    z, y = logits(rows=10)
+    with pytest.raises(ValueError, match="xent_rows"):
+        kernels.xent_rows(z[:, :12].contiguous(), 13, 5, y, EXP_FLOOR, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match="y: labels"):
+        kernels.xent_rows(z, 13, 5, y + 13, EXP_FLOOR, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match=r"floor: -100.0 is invalid; allowed: \[-87, 0\]"):
+        kernels.xent_rows(z, 13, 5, y, -100.0, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.xent_rows(z, 13, 5, y, EXP_FLOOR, None, None, torch.empty(13, 10).T)
+    with pytest.raises(ValueError, match="index"):
+        kernels.hidden_rows(torch.zeros(4, 3), torch.tensor([0, 4]), torch.tensor([1, 2]), torch.empty(2, 3))
+    with pytest.raises(ValueError, match="index"):
+        kernels.scatter_hidden_grad(torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0, -1]), torch.tensor([1, 2]),
+                                    torch.empty(4, 3))
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty build cache and no memory of earlier loads."""
+    monkeypatch.setenv("PHASELIB_CACHE", str(tmp_path))
+    kernels._library.cache_clear()
+    yield tmp_path
+    kernels._library.cache_clear()
+
+
+def test_invalid_mode_names_the_variable(fresh, monkeypatch):
+    monkeypatch.setenv("PHASELIB_KERNELS", "fast")
+    with pytest.raises(ValueError, match="PHASELIB_KERNELS: 'fast' is invalid; allowed: one of"):
+        kernels.library()
+
+
+def test_torch_mode_never_builds(fresh, monkeypatch):
+    monkeypatch.setenv("PHASELIB_KERNELS", "torch")
+    assert kernels.library() is None and not kernels.use_native(torch.device("cpu"))
+    assert list(fresh.iterdir()) == []
+
+
+def test_without_a_compiler_auto_warns_and_native_fails(fresh, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh / "no-such-compiler"))
+    monkeypatch.setenv("PHASELIB_KERNELS", "auto")
+    with pytest.warns(RuntimeWarning, match="native kernels unavailable"):
+        assert kernels.library() is None
+    monkeypatch.setenv("PHASELIB_KERNELS", "native")
+    with pytest.raises(kernels.KernelBuildError, match="PHASELIB_KERNELS=native"):
+        kernels.library()
+
+
+@native
+def test_build_is_cached_and_atomic(fresh, monkeypatch):
+    monkeypatch.setenv("PHASELIB_KERNELS", "native")
+    first = kernels.build()
+    stamp = first.stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.library() is not None
+    assert kernels.build() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [q.name for q in fresh.iterdir()] == [first.name]  # no temporary files left
+
+
+def test_kernels_build_wherever_a_c_compiler_exists(fresh, monkeypatch):
+    """So that a machine with a compiler never falls back to the slower path unnoticed (the
+    native tests above would only be skipped)."""
+    cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) on this machine")
+    monkeypatch.setenv("PHASELIB_KERNELS", "native")
+    assert kernels.library() is not None and kernels.use_native(torch.device("cpu"))
+    assert not kernels.use_native(torch.device("meta"))  # other devices take the torch path
