@@ -46,12 +46,15 @@ def _direct(model, loss_fn, x, y):
     return torch.stack(rows), slices
 
 
+@pytest.mark.parametrize("method", N.NOISE_METHODS)
 @pytest.mark.parametrize("task", ["modular", "regression"])
-def test_per_example_b_simple_equals_direct(task):
-    """Acceptance: the per-example B_simple equals a direct computation."""
+def test_per_example_b_simple_equals_direct(task, method):
+    """Acceptance: the per-example B_simple equals a direct computation (closed form and vmap)."""
     model, loss_fn, x, y = _setup(task)
     g, slices = _direct(model, loss_fn, x, y)
-    got = N.per_example_noise_scales(model, loss_fn, x, y, chunk_size=7)  # chunks that do not divide n
+    if method == "auto":  # the closed form applies to this model and loss
+        assert N._mlp_sq_norms(model, loss_fn, x, y) is not None
+    got = N.per_example_noise_scales(model, loss_fn, x, y, chunk_size=7, method=method)  # chunks not dividing n
     assert set(got) == {"all", "fc1", "fc2"}
     for key, sl in slices.items():
         gk = g[:, sl]
@@ -67,6 +70,23 @@ def test_per_example_b_simple_equals_direct(task):
     pe = N.per_example_grads(model, loss_fn, x, y)
     flat = torch.cat([pe[n].reshape(len(x), -1) for n, _ in model.named_parameters()], 1)
     torch.testing.assert_close(flat, g)
+
+
+def test_other_models_and_losses_take_the_vmap_path():
+    model, loss_fn, x, y = _setup("modular")
+    seq = torch.nn.Sequential(model.fc1, torch.nn.ReLU(), model.fc2)  # same function, not an MLP
+
+    def nll(out, target):
+        return torch.nn.functional.nll_loss(torch.log_softmax(out, 1), target)  # cross-entropy, another function
+
+    assert N._mlp_sq_norms(seq, loss_fn, x, y) is None and N._mlp_sq_norms(model, nll, x, y) is None
+    want = N.per_example_noise_scales(model, loss_fn, x, y)["all"]
+    for m, f in ((seq, loss_fn), (model, nll)):
+        got = N.per_example_noise_scales(m, f, x, y)["all"]
+        assert got.trace_sigma == pytest.approx(want.trace_sigma, rel=1e-10)
+        assert got.b_simple == pytest.approx(want.b_simple, rel=1e-10)
+    with pytest.raises(ValueError, match="method: 'fast' is invalid"):
+        N.per_example_noise_scales(model, loss_fn, x, y, method="fast")
 
 
 def test_two_batch_estimator_is_unbiased():
