@@ -71,6 +71,19 @@ def test_hvp_matches_dense(case, method):
     torch.testing.assert_close(op.gradient, g, rtol=1e-9, atol=1e-12)
 
 
+def test_closed_form_only_where_it_applies(case):
+    model, loss_fn, x, y, _, _ = case
+    assert H._closed_form_applies(model, loss_fn)
+    seq = torch.nn.Sequential(model.fc1, torch.nn.ReLU(), model.fc2)  # same function, not the MLP class
+    assert not H._closed_form_applies(seq, loss_fn)
+    assert not H._closed_form_applies(model, torch.nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="method: 'closed' is invalid"):
+        H.hessian_operator(seq, loss_fn, x, y, method="closed")
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=_gen(4), dtype=torch.float64)
+    auto = H.hessian_operator(seq, loss_fn, x, y)  # falls back to vjp; same operator
+    torch.testing.assert_close(auto(v), H.hessian_operator(model, loss_fn, x, y)(v), rtol=1e-9, atol=1e-12)
+
+
 def test_operator_leaves_model_alone(case):
     model, loss_fn, x, y, _, _ = case
     before = [p.detach().clone() for p in model.parameters()]
@@ -122,8 +135,9 @@ def test_unconverged_is_flagged(case):
     assert eig.value >= float(ev[0])  # Ritz values interlace: never below the true minimum
 
 
+@pytest.mark.parametrize("method", ["vjp", "closed"])
 @pytest.mark.parametrize("layer", ["fc1", "fc2"])
-def test_layer_blocks(case, layer):
+def test_layer_blocks(case, layer, method):
     """Per-layer operators are the diagonal blocks; each block is PSD for this model family."""
     model, loss_fn, x, y, dense, _ = case
     block = H.dense_hessian(model, loss_fn, x, y, layer)
@@ -132,8 +146,10 @@ def test_layer_blocks(case, layer):
     starts = dict(zip(names, [sum(sizes[:i]) for i in range(len(sizes))]))
     lo = starts[f"{layer}.weight"]
     torch.testing.assert_close(block, dense[lo:lo + block.shape[0], lo:lo + block.shape[0]])
-    op = H.hessian_operator(model, loss_fn, x, y, layer)
+    op = H.hessian_operator(model, loss_fn, x, y, layer, method=method)
     assert op.dim == block.shape[0]
+    v = torch.randn(op.dim, generator=_gen(3), dtype=torch.float64)
+    torch.testing.assert_close(op(v), block @ v, rtol=1e-9, atol=1e-12)
     ev = torch.linalg.eigvalsh(block)
     assert float(ev[0]) > -1e-10 * float(ev[-1])
     top = H.lambda_max(op, tol=1e-8, max_iter=300, generator=_gen(7))
