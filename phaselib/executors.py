@@ -108,15 +108,19 @@ def batch_key(c: RunConfig) -> tuple:
 def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH) -> list[list[RunConfig]]:
     """Deterministic split into batches of one batch key, at most ``max_batch`` runs each.
 
-    Reference-engine runs go one per batch. The split depends only on the list of configs,
-    so every executor forms the same batches and so computes bit-identical records.
+    Reference-engine runs go one per batch, and so do probed runs: their probes run per run at
+    every recorded epoch and cost far more than the stacked step (a batch of three probed mod-97
+    runs was the study's longest task, with the other worker idle), and a batched record does
+    not depend on its batch mates (tests/test_engine.py). The split depends only on the list of
+    configs, so every executor forms the same batches and so computes bit-identical records.
     """
     groups: dict[tuple, list[RunConfig]] = {}
     for c in configs:
         groups.setdefault(batch_key(c), []).append(c)
     out: list[list[RunConfig]] = []
-    for key, cs in groups.items():
-        size = 1 if key[0] == "reference" else max_batch
+    for cs in groups.values():
+        alone = cs[0].engine == "reference" or bool(cs[0].probes)
+        size = 1 if alone else max_batch
         out.extend(cs[i:i + size] for i in range(0, len(cs), size))
     return out
 

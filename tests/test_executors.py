@@ -75,6 +75,8 @@ def test_batches_stack_runs_of_one_shape_in_a_fixed_order():
     assert all(len({E.batch_key(c) for c in b}) == 1 for b in got)
     assert E.batches(list(configs), max_batch=2) == got
     assert [len(b) for b in E.batches(CONFIGS)] == [1, 1, 1, 1, 2, 2]  # reference: one run per task
+    probed = [mk(seed=s, probes={"hessian_every": 10}) for s in range(3)]
+    assert [[c.seed for c in b] for b in E.batches(probed)] == [[0], [1], [2]]  # probed: one run per task
 
 
 def test_longest_first_submits_probing_then_the_most_run_epochs():
