@@ -128,6 +128,15 @@ def library() -> ctypes.CDLL | None:
     return _library(mode())
 
 
+def _native() -> ctypes.CDLL:
+    """The loaded kernels, for a direct call; a clear error when they are switched off or missing."""
+    lib = library()
+    if lib is None:
+        raise KernelBuildError(f"native kernels are unavailable (PHASELIB_KERNELS={mode()}); "
+                               "use the torch path or PHASELIB_KERNELS=native to see why")
+    return lib
+
+
 def use_native(device: torch.device) -> bool:
     """Whether the engine's modular step on ``device`` runs the native kernels."""
     return device.type == "cpu" and library() is not None
@@ -166,8 +175,11 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
         raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
     if (nll is None) != (correct is None):
         raise ValueError("nll, correct: one given without the other is invalid; allowed: both or neither")
+    if nll is not None and min(nll.shape[0], correct.shape[0]) < rows:
+        raise ValueError(f"nll, correct: {nll.shape[0]}, {correct.shape[0]} entries are invalid; allowed: at least "
+                         f"one per row ({rows})")
     shift = torch.empty(rows) if nll is not None else None
-    library().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
+    _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
                         _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
                         _ptr(dz, torch.float32))
     if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
@@ -182,7 +194,7 @@ def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Te
                          "are invalid; allowed: E and h of equal width, at least as many indices as rows")
     if check:
         check_index(E.shape[0], ia[:rows], ib[:rows])
-    library().hidden_rows(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
+    _native().hidden_rows(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
                           _ptr(h, torch.float32))
 
 
@@ -201,5 +213,5 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
         raise ValueError(f"h: {h.device} {h.dtype} is invalid; allowed: a CPU float32 tensor")
     if check:
         check_index(dE.shape[0], ia[:n], ib[:n])
-    library().scatter_hidden_grad(_ptr(dh, torch.float32), h.data_ptr(), h.stride(0), _ptr(ia, torch.int64),
+    _native().scatter_hidden_grad(_ptr(dh, torch.float32), h.data_ptr(), h.stride(0), _ptr(ia, torch.int64),
                                   _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))

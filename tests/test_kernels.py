@@ -118,6 +118,8 @@ def test_bad_shapes_and_indices_are_refused():
         kernels.xent_rows(z, 13, 5, y + 13, EXP_FLOOR, None, None, torch.empty(10, 13))
     with pytest.raises(ValueError, match=r"floor: -100.0 is invalid; allowed: \[-87, 0\]"):
         kernels.xent_rows(z, 13, 5, y, -100.0, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match="nll, correct: 5, 5 entries are invalid"):
+        kernels.xent_rows(z, 13, 5, y, EXP_FLOOR, torch.empty(5), torch.empty(5, dtype=torch.bool), torch.empty(10, 13))
     with pytest.raises(ValueError, match="contiguous"):
         kernels.xent_rows(z, 13, 5, y, EXP_FLOOR, None, None, torch.empty(13, 10).T)
     with pytest.raises(ValueError, match="index"):
@@ -145,6 +147,8 @@ def test_invalid_mode_names_the_variable(fresh, monkeypatch):
 def test_torch_mode_never_builds(fresh, monkeypatch):
     monkeypatch.setenv("PHASELIB_KERNELS", "torch")
     assert kernels.library() is None and not kernels.use_native(torch.device("cpu"))
+    with pytest.raises(kernels.KernelBuildError, match="PHASELIB_KERNELS=torch"):
+        kernels.hidden_rows(torch.zeros(4, 3), torch.tensor([0]), torch.tensor([1]), torch.empty(1, 3))
     assert list(fresh.iterdir()) == []
 
 
