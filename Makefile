@@ -26,14 +26,18 @@ study: setup
 sweep: setup
 	$(VENV)/bin/phaselib sweep --params $(PARAMS) --out $(OUT) --executor processes --workers $(WORKERS)
 
+# the notebooks write their runs to a fresh directory (PHASELIB_NOTEBOOK_OUT), so nbval checks
+# freshly trained outputs, never runs cached in notebooks/results by an earlier session
 test: setup
-	$(PY) -m pytest tests --nbval-lax notebooks -p no:cacheprovider
+	@out=$$(mktemp -d) && PHASELIB_NOTEBOOK_OUT=$$out $(PY) -m pytest tests --nbval-lax notebooks -p no:cacheprovider; \
+	status=$$?; rm -rf "$$out"; exit $$status
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py --json results/bench/train_throughput.json
 	$(PY) benchmarks/engine_floor.py --json results/bench/engine_floor.json
 	$(PY) benchmarks/hessian.py --json results/bench/hessian.json
 	$(PY) benchmarks/online_false_alarms.py
+	$(PY) benchmarks/lag_rounding.py --json results/bench/lag_rounding.json
 
 clean:
 	rm -rf $(VENV) results

@@ -24,7 +24,7 @@ oracle of the tests) computes, exactly up to float32 rounding order:
   C compiler), and both paths are tested against the reference.
 - **Threads.** On the CPU a modular batch splits its runs between ``min(threads, R)`` worker
   threads running single-threaded operations (see :class:`_Modular`); the regression control,
-  whose tensors are small, runs all its runs through batched matmuls.
+  whose tensors are small, steps its runs one after the other (see :class:`_Regression`).
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
@@ -239,14 +239,15 @@ class _Work:
     passes of their own. Logits are padded to ``P8`` classes (zero weights, bias -inf).
     """
 
-    def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device) -> None:
+    def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device, table: bool) -> None:
         H = width
         self.E = torch.empty(2 * p, H + 1, device=device)  # [E1 with b1 folded into the a-rows | 0.5]
         self.E[:, H] = 0.5
         self.W2T = torch.zeros(H + 1, P8, device=device)  # [W2^T ; b2]; padding classes 0 / -inf
         self.W2T[H, p:] = -torch.inf
         self.W2 = torch.empty(p, H, device=device)  # W2, contiguous, for dh = dz W2
-        self.table = torch.empty(N, H + 1, device=device)  # hidden layer over the table, in table order
+        # hidden layer over the table, in table order (the torch path's; the C kernel builds rows directly)
+        self.table = torch.empty(N if table else 0, H + 1, device=device)
         self.h = torch.empty(N, H + 1, device=device)  # ... in the run's row order
         self.z = torch.empty(N, P8, device=device)  # logits, then exp(logit - row max)
         self.zl = torch.empty(N, 1, device=device)  # the label's logit
@@ -283,11 +284,12 @@ class _Modular(_Task):
         self.p = p
         self.first_b = int(data[0].b.min())  # 1 for div (b = 0 left out), else 0
         self.order = [torch.as_tensor(o).to(device) for o in self.row_order]
-        self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p, device)
-                     for d, o, n in zip(data, self.row_order, self.ntr)]
         self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
         self.native = kernels.use_native(device)
-        if self.native:  # each row's two one-hot positions, in the run's row order
+        if not self.native:  # the torch path's scatter-add of the first-layer gradient
+            self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p,
+                                            device) for d, o, n in zip(data, self.row_order, self.ntr)]
+        else:  # each row's two one-hot positions, in the run's row order
             self.ia = [torch.as_tensor(d.a[o]).long().contiguous() for d, o in zip(data, self.row_order)]
             self.ib = [torch.as_tensor(d.b[o] + p).long().contiguous() for d, o in zip(data, self.row_order)]
             for ia, ib, y in zip(self.ia, self.ib, self.y):  # checked once here; the step calls skip the checks
@@ -297,7 +299,7 @@ class _Modular(_Task):
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
         P8 = -(-p // 8) * 8
-        self.work = [_Work(p, P8, width, N, M, device) for _ in range(workers)]
+        self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
         # contiguous run ranges of about equal rows per worker
         cost = np.cumsum(self.ntr)
         cuts = [int(np.searchsorted(cost, cost[-1] * k / workers, side="left")) for k in range(1, workers)]
@@ -338,28 +340,40 @@ class _Modular(_Task):
 
     def _runs(self, w: _Work, runs: range, P: _Stack, G: _Stack, record: bool) -> None:
         """Gradient sums (and per-row losses/hits if ``record``) of the given runs, on buffers ``w``."""
+        run = self._run_native if self.native else self._run_torch
         with torch.no_grad():  # grad mode is per thread
             for r in runs:
-                self._run(w, r, P, G, record)
+                run(w, r, P, G, record)
 
-    def _run(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
-        if self.native:
-            self._run_native(w, r, P, G, record)
-            return
-        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
-        rows = N if record else n
-        # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
-        # the table being a-major), then the run's rows gathered in its order
+    def _load(self, w: _Work, r: int, P: _Stack) -> None:
+        """Run ``r``'s weights into the worker's layouts: first-layer columns with b1 folded into
+        the a-rows, padded W2^T with b2 as the constant unit's row, and contiguous W2."""
+        p, H = self.p, w.dh.shape[1]
         torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
         w.E[p:, :H].copy_(P.E1[r, p:])
-        Ea, Eb = w.E[:p, None, :], w.E[None, p + self.first_b:, :]
-        torch.add(Ea, Eb, out=w.table.view(p, -1, H + 1)).relu_()
-        h = torch.index_select(w.table, 0, self.order[r][:rows], out=w.h[:rows])
-        # output layer on padded logits, bias through the constant unit
         w.W2T[:H, :p].copy_(P.W2T[r])
         w.W2T[H, :p].copy_(P.b2[r])
         w.W2.copy_(P.W2T[r].T)
-        z = torch.mm(h, w.W2T, out=w.z[:rows])
+
+    def _output_grads(self, w: _Work, r: int, h: torch.Tensor, dz: torch.Tensor, G: _Stack) -> torch.Tensor:
+        """dW2 and db2 (the constant unit's row of h^T dz) into ``G``; returns dh = dz W2."""
+        H, n = w.dh.shape[1], dz.shape[0]
+        torch.mm(h[:n].T, dz, out=w.dW2)
+        G.W2T[r].copy_(w.dW2[:H])
+        G.b2[r].copy_(w.dW2[H])
+        return torch.mm(dz, w.W2, out=w.dh[:n])
+
+    def _run_torch(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
+        """One run's step on torch operations (any device)."""
+        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
+        rows = N if record else n
+        self._load(w, r, P)
+        # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
+        # the table being a-major), then the run's rows gathered in its order
+        Ea, Eb = w.E[:p, None, :], w.E[None, p + self.first_b:, :]
+        torch.add(Ea, Eb, out=w.table.view(p, -1, H + 1)).relu_()
+        h = torch.index_select(w.table, 0, self.order[r][:rows], out=w.h[:rows])
+        z = torch.mm(h, w.W2T, out=w.z[:rows])  # padded logits, bias through the constant unit
         y = self.y[r, :rows, None]
         zl = torch.gather(z, 1, y, out=w.zl[:rows])
         zmax = torch.amax(z, 1, keepdim=True, out=w.zmax[:rows])
@@ -373,41 +387,29 @@ class _Modular(_Task):
             torch.log(s, out=nll).sub_(zl).add_(zmax)
         dz = torch.div(e[:n, :p], s[:n], out=w.dz[:n])  # softmax of the train rows
         dz.scatter_add_(1, y[:n], w.neg_one[:n])  # softmax - onehot: n * dloss/dz
-        # backward over the train rows; the constant unit's row of h^T dz is db2
-        torch.mm(h[:n].T, dz, out=w.dW2)
-        G.W2T[r].copy_(w.dW2[:H])
-        G.b2[r].copy_(w.dW2[H])
-        dh = torch.mm(dz, w.W2, out=w.dh[:n])
+        dh = self._output_grads(w, r, h, dz, G)  # backward over the train rows
         torch.ops.aten.threshold_backward.grad_input(dh, h[:n, :H], 0.0, grad_input=dh)  # * ReLU'(pre)
         src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
         G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))
         torch.sum(G.E1[r, :p], 0, out=G.b1[r])  # every train row is in exactly one a-column
 
-
     def _run_native(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
-        """:meth:`_run` with its elementwise chains fused into the C kernels of :mod:`phaselib.kernels`.
+        """:meth:`_run_torch` with its elementwise chains fused into the C kernels of :mod:`phaselib.kernels`.
 
         Same quantities, same matmuls; the hidden layer is built row by row from the two columns
         (no table, no gather), the loss/accuracy/softmax gradient come from one pass per row, and
         the ReLU mask and the first-layer scatter-add from one pass over the train rows.
         """
-        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
+        p, N, n = self.p, self.N, self.ntr[r]
         rows = N if record else n
-        torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
-        w.E[p:, :H].copy_(P.E1[r, p:])
+        self._load(w, r, P)
         h = w.h[:rows]
         kernels.hidden_rows(w.E, self.ia[r], self.ib[r], h, check=False)
-        w.W2T[:H, :p].copy_(P.W2T[r])
-        w.W2T[H, :p].copy_(P.b2[r])
-        w.W2.copy_(P.W2T[r].T)
         z = torch.mm(h, w.W2T, out=w.z[:rows])
         dz = w.dz[:n]
         kernels.xent_rows(z, p, n, self.y[r], EXP_FLOOR, self.nll[r] if record else None,
-                          self.correct[r] if record else None, dz, check=False)
-        torch.mm(h[:n].T, dz, out=w.dW2)
-        G.W2T[r].copy_(w.dW2[:H])
-        G.b2[r].copy_(w.dW2[H])
-        dh = torch.mm(dz, w.W2, out=w.dh[:n])
+                          self.correct[r] if record else None, dz, check=False, shift=w.zl[:rows, 0])
+        dh = self._output_grads(w, r, h, dz, G)
         kernels.scatter_hidden_grad(dh, h[:n], self.ia[r], self.ib[r], G.E1[r], check=False)
         torch.sum(G.E1[r, :p], 0, out=G.b1[r])
 

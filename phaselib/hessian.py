@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize, vjp
 
-from .models import MLP
+from .models import is_paper_mlp, mlp_forward
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Which = Literal["max", "min"]
@@ -103,8 +103,7 @@ HVP_METHODS: tuple[str, ...] = ("vjp", "linearize", "jvp", "closed")
 
 def _closed_form_applies(model: nn.Module, loss_fn: LossFn) -> bool:
     """Whether :func:`_mlp_ce_hvp` covers the model: the paper's MLP (exactly) under cross-entropy."""
-    return type(model) is MLP and loss_fn is F.cross_entropy and \
-        [n for n, _ in model.named_parameters()] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    return is_paper_mlp(model) and loss_fn is F.cross_entropy
 
 
 def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -120,12 +119,10 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callabl
     the trained mod-97 model (benchmarks/hessian.py, this machine, one run); tests/test_hessian.py
     checks it against dense Hessians.
     """
-    W1, b1, W2, b2 = (p.detach() for p in model.parameters())
+    (W1, b1, W2, b2), a, h, out = mlp_forward(model, x)
     n = x.shape[0]
-    a = torch.addmm(b1, x, W1.T)
     mask = (a > 0).to(a.dtype)
-    h = a.clamp_min(0.0)
-    p = torch.softmax(torch.addmm(b2, h, W2.T), 1)
+    p = torch.softmax(out, 1)
     gz = p.clone()
     gz[torch.arange(n, device=gz.device), y] -= 1.0
     gz /= n
@@ -144,6 +141,41 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callabl
         return torch.cat([torch.mm(Rga.T, x).reshape(-1), Rga.sum(0), RdW2.reshape(-1), Rgz.sum(0)])
 
     return gradient, matvec
+
+
+def _closed_hvp(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+                names: tuple[str, ...]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Gradient and product of :func:`_mlp_ce_hvp`; for a layer's ``names``, its diagonal block
+    (the product of the zero-padded vector, sliced: a layer's parameters are contiguous)."""
+    if not _closed_form_applies(model, loss_fn):
+        raise ValueError("method: 'closed' is invalid for this model or loss; allowed: the phaselib MLP "
+                         "under torch.nn.functional.cross_entropy")
+    gradient, full = _mlp_ce_hvp(model, x, y)
+    sizes = {nm: prm.numel() for nm, prm in model.named_parameters()}
+    if names == tuple(sizes):
+        return gradient, full
+    lo = sum(sizes[nm] for nm in list(sizes)[:list(sizes).index(names[0])])
+    hi = lo + sum(sizes[nm] for nm in names)
+
+    def matvec(v: Tensor) -> Tensor:
+        padded = v.new_zeros(gradient.numel())
+        padded[lo:hi] = v
+        return full(padded)[lo:hi]
+
+    return gradient[lo:hi], matvec
+
+
+def _func_hvp(g_fn: Callable[[Tensor], Tensor], theta: Tensor,
+              method: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Gradient and ``v -> H v`` as the derivative of ``g_fn`` at theta, by ``torch.func`` (see below)."""
+    if method == "vjp":
+        gradient, pullback = vjp(g_fn, theta)
+        return gradient, lambda v: pullback(v)[0]
+    if method == "linearize":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.fx const-folding chatter, harmless
+            return linearize(g_fn, theta)
+    return g_fn(theta), lambda v: jvp(g_fn, (theta,), (v,))[1]
 
 
 def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, layer: str | None = None,
@@ -166,41 +198,10 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, la
     theta = flat_params(model, names)
     if method == "auto":
         method = "closed" if _closed_form_applies(model, loss_fn) else "vjp"
-    g_fn = grad(_flat_loss(model, loss_fn, x, y, names))
     if method == "closed":
-        if not _closed_form_applies(model, loss_fn):
-            raise ValueError("method: 'closed' is invalid for this model or loss; allowed: the phaselib MLP "
-                             "under torch.nn.functional.cross_entropy")
-        full_gradient, full_matvec = _mlp_ce_hvp(model, x, y)
-        all_names = param_names(model)
-        offsets, total = {}, 0
-        for nm, prm in model.named_parameters():
-            offsets[nm] = (total, total + prm.numel())
-            total += prm.numel()
-        lo, hi = offsets[names[0]][0], offsets[names[-1]][1]  # a layer's parameters are contiguous
-        if names == all_names:
-            gradient, matvec = full_gradient, full_matvec
-        else:
-            gradient = full_gradient[lo:hi]
-
-            def matvec(v: Tensor) -> Tensor:
-                padded = v.new_zeros(total)
-                padded[lo:hi] = v
-                return full_matvec(padded)[lo:hi]
-    elif method == "vjp":
-        gradient, pullback = vjp(g_fn, theta)
-
-        def matvec(v: Tensor) -> Tensor:
-            return pullback(v)[0]
-    elif method == "linearize":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.fx const-folding chatter, harmless
-            gradient, matvec = linearize(g_fn, theta)
-    elif method == "jvp":
-        gradient = g_fn(theta)
-
-        def matvec(v: Tensor) -> Tensor:
-            return jvp(g_fn, (theta,), (v,))[1]
+        gradient, matvec = _closed_hvp(model, loss_fn, x, y, names)
+    elif method in ("vjp", "linearize", "jvp"):
+        gradient, matvec = _func_hvp(grad(_flat_loss(model, loss_fn, x, y, names)), theta, method)
     else:
         raise ValueError(f"method: {method!r} is not one of {list(HVP_METHODS)}")
     blocks: dict[str, tuple[int, int]] = {}

@@ -161,9 +161,13 @@ def check_index(rows: int, *index: torch.Tensor) -> None:
 
 
 def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: float,
-              nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor, check: bool = True) -> None:
+              nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor, check: bool = True,
+              shift: torch.Tensor | None = None) -> None:
     """Softmax cross-entropy of the rows of ``z`` (rows, ldz): per-row ``nll`` and ``correct``
-    (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c."""
+    (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c.
+
+    ``shift`` is an optional (>= rows) float32 scratch for ``z_label - max`` (the engine passes a
+    preallocated one; otherwise one is allocated per call)."""
     rows, ldz = z.shape
     if ldz % 8 or p > ldz or n_train > rows or y.shape[0] < rows or dz.shape[0] < n_train or dz.shape[1] != p:
         raise ValueError(f"xent_rows: shapes z {tuple(z.shape)}, p {p}, n_train {n_train}, y {tuple(y.shape)}, "
@@ -178,12 +182,15 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     if nll is not None and min(nll.shape[0], correct.shape[0]) < rows:
         raise ValueError(f"nll, correct: {nll.shape[0]}, {correct.shape[0]} entries are invalid; allowed: at least "
                          f"one per row ({rows})")
-    shift = torch.empty(rows) if nll is not None else None
+    if nll is None:
+        shift = None
+    elif shift is None or shift.shape[0] < rows:
+        shift = torch.empty(rows)
     _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
                         _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
                         _ptr(dz, torch.float32))
     if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
-        nll[:rows].log_().sub_(shift)
+        nll[:rows].log_().sub_(shift[:rows])
 
 
 def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Tensor, check: bool = True) -> None:

@@ -40,3 +40,25 @@ def layer_params(model: nn.Module) -> dict[str, list[torch.Tensor]]:
     for name, p in model.named_parameters():
         groups.setdefault(name.split(".")[0], []).append(p)
     return groups
+
+
+def is_paper_mlp(model: nn.Module) -> bool:
+    """Whether ``model`` is exactly this module's MLP (not a subclass), parameters in forward order.
+
+    The closed-form signals (:mod:`phaselib.noise`, :mod:`phaselib.hessian`) rely on that shape.
+    """
+    return type(model) is MLP and \
+        [n for n, _ in model.named_parameters()] == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+def mlp_forward(model: MLP, x: torch.Tensor, dtype: torch.dtype | None = None):
+    """Detached parameters and the forward pass of the MLP: ``(W1, b1, W2, b2), a, h, out``.
+
+    a = W1 x + b1 (pre-activation), h = relu(a), out = W2 h + b2; in ``dtype`` if given.
+    """
+    params = tuple(p.detach() if dtype is None else p.detach().to(dtype) for p in model.parameters())
+    W1, b1, W2, b2 = params
+    xd = x if dtype is None else x.to(dtype)
+    a = torch.addmm(b1, xd, W1.T)
+    h = a.clamp_min(0.0)
+    return params, a, h, torch.addmm(b2, h, W2.T)

@@ -6,6 +6,7 @@ out-of-range values fail here, before any training, naming the key and its allow
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -178,7 +179,17 @@ def load(path: str | Path) -> StudyParams:
     return from_mapping(data, source=str(path))
 
 
+#: Set, it replaces every notebook's ``out_dir`` (and so its run store). ``make test`` points it at
+#: a fresh directory, so nbval retrains instead of reading runs a developer's earlier session left
+#: in ``notebooks/results`` (runs are keyed by config, not by how they were computed).
+OUT_DIR_ENV = "PHASELIB_NOTEBOOK_OUT"
+
+
 def from_namespace(ns: Mapping[str, Any]) -> StudyParams:
-    """Validated params from a notebook's globals: picks the known keys, ignores the rest."""
+    """Validated params from a notebook's globals: picks the known keys, ignores the rest
+    (``out_dir`` replaced by ``$PHASELIB_NOTEBOOK_OUT`` when that is set)."""
     known = {f.name for f in fields(StudyParams)}
-    return from_mapping({k: v for k, v in ns.items() if k in known}, source="notebook parameters")
+    values = {k: v for k, v in ns.items() if k in known}
+    if os.environ.get(OUT_DIR_ENV):
+        values["out_dir"] = os.environ[OUT_DIR_ENV]
+    return from_mapping(values, source="notebook parameters")

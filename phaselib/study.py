@@ -7,12 +7,13 @@ executed by papermill with the parameters it declares; the writeup is exported t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from .outputs import export_runs, store_path, write_summary
-from .params import StudyParams
+from .params import OUT_DIR_ENV, StudyParams
 from .progress import quiet
 from .store import RunStore
 from .sweep import all_configs, run_missing, settings_of, study_groups, summarise
@@ -45,9 +46,16 @@ def export_html(nb: Path, dest: Path) -> None:
 
 
 def execute(nb: Path, out_nb: Path, parameters: dict) -> None:
+    """Run one notebook with the study's parameters; the study's out_dir wins over
+    ``$PHASELIB_NOTEBOOK_OUT`` (the kernel inherits this process's environment)."""
     import papermill as pm
-    pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(nb.parent),
-                        progress_bar=not quiet(), log_output=False, request_save_on_cell_execute=False)
+    redirect = os.environ.pop(OUT_DIR_ENV, None)
+    try:
+        pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, kernel_name="python3", cwd=str(nb.parent),
+                            progress_bar=not quiet(), log_output=False, request_save_on_cell_execute=False)
+    finally:
+        if redirect is not None:
+            os.environ[OUT_DIR_ENV] = redirect
 
 
 def run_study(p: StudyParams, params_file: str = "", executor: str = "local", scheduler: str | None = None,

@@ -81,3 +81,13 @@ def test_cli_fails_before_any_training(tmp_path, body, key):
     assert r.returncode == 2
     assert f"invalid parameters: {key}:" in r.stderr
     assert not out.exists()  # nothing was created, let alone trained
+
+
+def test_notebook_out_dir_can_be_redirected(monkeypatch):
+    """make test sends the notebooks' runs to a fresh directory through PHASELIB_NOTEBOOK_OUT."""
+    ns = {"out_dir": "results/notebook", "modulus": 13, "unrelated": object()}
+    monkeypatch.delenv(params.OUT_DIR_ENV, raising=False)
+    assert params.from_namespace(ns).out_dir == "results/notebook"
+    monkeypatch.setenv(params.OUT_DIR_ENV, "/tmp/fresh-notebook-runs")
+    p = params.from_namespace(ns)
+    assert p.out_dir == "/tmp/fresh-notebook-runs" and p.modulus == 13

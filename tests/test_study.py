@@ -1,4 +1,5 @@
 import json
+import os
 
 import nbformat
 import pytest
@@ -45,3 +46,16 @@ def test_a_failing_cell_exits_nonzero_naming_notebook_and_cell(tmp_path, tiny_pa
     err = capsys.readouterr().err
     assert "01_broken.ipynb" in err and "cell" in err and "RuntimeError" in err and "boom" in err
     assert not (tmp_path / "out" / "notebooks" / "02_never.ipynb").exists()
+
+
+def test_the_study_out_dir_wins_over_the_notebook_redirect(tmp_path, tiny_params, monkeypatch):
+    """PHASELIB_NOTEBOOK_OUT (set by make test for nbval) must not move a study's runs elsewhere."""
+    monkeypatch.setenv(params.OUT_DIR_ENV, str(tmp_path / "elsewhere"))
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    write_nb(nbs / "00_a.ipynb", "from phaselib import params\n"
+             "open(out_dir + '/seen.txt', 'w').write(params.from_namespace(globals()).out_dir)",
+             parameters="out_dir = 'x'")
+    assert run_study(tiny_params, folder=nbs) == 0
+    assert (tmp_path / "out" / "seen.txt").read_text() == str((tmp_path / "out").resolve())
+    assert os.environ[params.OUT_DIR_ENV] == str(tmp_path / "elsewhere")  # restored for the caller
