@@ -38,10 +38,11 @@ are copied into a plain :class:`~phaselib.models.MLP` and its prober is called w
 """
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -265,10 +266,11 @@ class _Modular(_Task):
     Each run goes through forward, loss and backward on its own (one run's tensors are large
     enough to keep a core busy per operation), writing its gradient into the stacked buffer and
     its per-row losses into stacked tables; the optimiser, norms and signals then work on the
-    stack. With ``workers`` > 1 (CPU), the runs are split between that many threads, each
-    running single-threaded operations on its own buffers: runs are independent, so this needs
-    no synchronisation inside a step, and a run's numbers do not depend on the other runs of the
-    batch or on which worker computes it. (A batch with fewer runs than threads gives the spare
+    stack. With ``workers`` > 1 (CPU), that many threads share the runs, each taking the next
+    one (longest first) when it is free and running single-threaded operations on its own
+    buffers: runs are independent, so this needs no synchronisation inside a step beyond taking
+    a run, and a run's numbers do not depend on the other runs of the batch or on which worker
+    computes it. (A batch with fewer runs than threads gives the spare
     threads to the operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here,
     which the tests check, but that is a property of the library, not of this code.)
 
@@ -300,12 +302,11 @@ class _Modular(_Task):
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
         P8 = -(-p // 8) * 8
         self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
-        # contiguous run ranges of about equal rows per worker
-        cost = np.cumsum(self.ntr)
-        cuts = [int(np.searchsorted(cost, cost[-1] * k / workers, side="left")) for k in range(1, workers)]
-        bounds = [0, *cuts, self.R]
-        self.ranges = [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-        self.pool = ThreadPoolExecutor(len(self.ranges)) if len(self.ranges) > 1 else None
+        # longest runs first (a run's step costs about N forward rows + 2 n backward rows, by FLOPs);
+        # each worker takes the next run when it is free, which balances uneven batches
+        self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self._next = threading.Lock()
 
     def close(self) -> None:
         if self.pool is not None:
@@ -327,9 +328,10 @@ class _Modular(_Task):
 
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
         if self.pool is None:
-            self._runs(self.work[0], self.ranges[0], P, G, record)
+            self._runs(self.work[0], iter(range(self.R)), P, G, record)
         else:
-            futures = [self.pool.submit(self._runs, w, rr, P, G, record) for w, rr in zip(self.work, self.ranges)]
+            queue = iter(self.queue_order)
+            futures = [self.pool.submit(self._runs, w, queue, P, G, record) for w in self.work]
             for f in futures:
                 f.result()
         self._mean(G)
@@ -338,11 +340,16 @@ class _Modular(_Task):
         loss, acc = self._split_sums(self.nll), self._split_sums(self.correct.float())
         return torch.cat([loss / self.counts, acc / self.counts], 1)
 
-    def _runs(self, w: _Work, runs: range, P: _Stack, G: _Stack, record: bool) -> None:
-        """Gradient sums (and per-row losses/hits if ``record``) of the given runs, on buffers ``w``."""
+    def _runs(self, w: _Work, queue: Iterator[int], P: _Stack, G: _Stack, record: bool) -> None:
+        """Gradient sums (and per-row losses/hits if ``record``) of the runs this worker takes from
+        ``queue`` (shared by the workers), on buffers ``w``. A run's numbers do not depend on the worker."""
         run = self._run_native if self.native else self._run_torch
         with torch.no_grad():  # grad mode is per thread
-            for r in runs:
+            while True:
+                with self._next:
+                    r = next(queue, None)
+                if r is None:
+                    return
                 run(w, r, P, G, record)
 
     def _load(self, w: _Work, r: int, P: _Stack) -> None:
@@ -459,7 +466,7 @@ class _Regression(_Task):
 def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.device) -> tuple[_Task, _Stack]:
     """The task's stacked data and the runs' initial parameters (each from make_model, as the reference).
 
-    Call inside :func:`deterministic`: a modular batch on the CPU splits its runs between
+    Call inside :func:`deterministic`: a modular batch on the CPU shares its runs between
     ``min(threads, R)`` worker threads and sets the intra-op thread count to the rest
     (``threads // workers``, at least 1); the caller's context restores it.
     """

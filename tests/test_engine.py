@@ -219,6 +219,35 @@ def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
     assert torch.get_num_threads() == threads  # the workers' thread setting is undone
 
 
+def test_workers_take_every_run_once_per_step_longest_first(kernel_path, monkeypatch):
+    """Two workers share an uneven batch through one queue: each step computes every run exactly
+    once, the queue holds the largest train splits first, and the records equal one worker's bit
+    for bit."""
+    from phaselib import engine
+    cfgs = [c.replace(threads=2, epochs=4) for c in mixed_batch(epochs=4)]
+    taken: list[tuple[int, int]] = []
+    method = "_run_native" if kernel_path == "native" else "_run_torch"
+    original = getattr(engine._Modular, method)
+    orders = []
+
+    def spy(self, w, r, P, G, record):
+        taken.append((self.work.index(w), r))
+        orders.append(self.queue_order)
+        original(self, w, r, P, G, record)
+
+    monkeypatch.setattr(engine._Modular, method, spy)
+    recs = train_batched(cfgs)
+    R = len(cfgs)
+    assert len(taken) == 4 * R
+    for step in range(4):  # steps do not overlap: the engine waits for both workers
+        assert sorted(r for _, r in taken[step * R:(step + 1) * R]) == list(range(R))
+    fracs = [cfgs[r].frac for r in orders[0]]
+    assert sorted(orders[0]) == list(range(R)) and fracs == sorted(fracs, reverse=True)
+    assert {w for w, _ in taken} <= {0, 1}  # two workers' buffers, whichever is free
+    alone = train_batched([c.replace(threads=1) for c in cfgs])
+    assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
+
+
 def test_rejects_runs_of_different_batch_keys():
     cfgs = mixed_batch()
     with pytest.raises(ValueError, match="batch key"):
