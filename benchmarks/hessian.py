@@ -91,16 +91,20 @@ def model_at(args, ds, state, dtype=torch.float32):
 
 
 def hvp_methods(model, ds, reps: int = 10) -> dict:
-    """Setup and per-product seconds of each HVP method on this checkpoint."""
+    """Setup and per-product seconds of each HVP method on this checkpoint: the whole model (key =
+    method) and each layer's diagonal block, as the per-layer probes use it (key = method/layer)."""
     loss_fn = H.task_loss("modular")
     out = {}
-    for method in H.HVP_METHODS:
-        H.hessian_operator(model, loss_fn, ds.x_train, ds.y_train, method=method)  # warm-up
-        setup, op = timed(lambda: H.hessian_operator(model, loss_fn, ds.x_train, ds.y_train, method=method))
-        v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
-        op(v)
-        per, _ = timed(lambda: [op(v) for _ in range(reps)])
-        out[method] = {"setup_s": setup, "per_product_s": per / reps}
+    for layer in (None, "fc1", "fc2"):
+        for method in H.HVP_METHODS:
+            def build():
+                return H.hessian_operator(model, loss_fn, ds.x_train, ds.y_train, layer, method=method)
+            build()  # warm-up
+            setup, op = timed(build)
+            v = torch.randn(op.dim, generator=torch.Generator().manual_seed(0))
+            op(v)
+            per, _ = timed(lambda: [op(v) for _ in range(reps)])
+            out[method if layer is None else f"{method}/{layer}"] = {"setup_s": setup, "per_product_s": per / reps}
     return out
 
 

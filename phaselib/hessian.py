@@ -5,7 +5,7 @@ parameter vector. :func:`hessian_operator` builds one for an ``nn.Module`` and a
 for all parameters or for one layer's diagonal block of the Hessian (the per-layer version):
 in closed form for the paper's MLP under cross-entropy (the default where it applies), else
 with ``torch.func`` (the derivative of ``grad``: forward-over-reverse ``jvp``, the same traced
-once by ``linearize``, or reverse-over-reverse ``vjp``, the measured best of the three).
+once by ``linearize``, or reverse-over-reverse ``vjp``, which needs no tracing).
 
 Eigenvalues come from Lanczos with full reorthogonalisation (:func:`lanczos_extreme`). Lanczos
 is shift-invariant (the Krylov space of ``H - sigma I`` equals that of ``H``), so a spectral
@@ -106,8 +106,11 @@ def _closed_form_applies(model: nn.Module, loss_fn: LossFn) -> bool:
     return is_paper_mlp(model) and loss_fn is F.cross_entropy
 
 
-def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """Flat gradient and ``v -> H v`` of the mean cross-entropy of the MLP, by Pearlmutter's R-operator.
+def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
+                layer: str | None = None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Gradient and ``v -> H v`` of the mean cross-entropy of the MLP by Pearlmutter's R-operator
+    (B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 6, 1994);
+    for ``layer`` ("fc1" or "fc2"), its diagonal block.
 
     Forward a = W1 x + b1, h = relu(a), z = W2 h + b2, p = softmax(z); backward gz = (p - Y)/n,
     dW2 = gz^T h, db2 = sum gz, ga = (gz W2) * m with m = [a > 0], dW1 = ga^T x, db1 = sum ga.
@@ -115,9 +118,11 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callabl
     autograd): R{h} = (x V1^T + c1) * m, R{z} = h V2^T + R{h} W2^T + c2,
     R{gz} = p * (R{z} - <p, R{z}>) / n (the softmax Jacobian), R{dW2} = R{gz}^T h + gz^T R{h},
     R{db2} = sum R{gz}, R{ga} = (R{gz} W2 + gz V2) * m, R{dW1} = R{ga}^T x, R{db1} = sum R{ga}.
-    Eight matmuls per product, no autograd graph: 16 ms against 24 ms for ``vjp`` per product on
-    the trained mod-97 model (benchmarks/hessian.py, this machine, one run); tests/test_hessian.py
-    checks it against dense Hessians.
+    Eight matmuls per product and no autograd graph. A layer's block has v zero outside the layer:
+    for fc2, R{h} = 0 and only R{z}, R{gz}, R{dW2}, R{db2} remain (two matmuls); for fc1, V2 = c2
+    = 0 and the fc2 outputs are not needed (four). Leaving out terms that are exactly zero changes
+    no bit. benchmarks/hessian.py times it against ``torch.func``; tests/test_hessian.py checks it
+    against dense Hessians.
     """
     (W1, b1, W2, b2), a, h, out = mlp_forward(model, x)
     n = x.shape[0]
@@ -127,42 +132,48 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Callabl
     gz[torch.arange(n, device=gz.device), y] -= 1.0
     gz /= n
     ga = torch.mm(gz, W2).mul_(mask)
-    gradient = torch.cat([torch.mm(ga.T, x).reshape(-1), ga.sum(0), torch.mm(gz.T, h).reshape(-1), gz.sum(0)])
-    sizes = [W1.numel(), b1.numel(), W2.numel(), b2.numel()]
+    first, second = layer in (None, "fc1"), layer in (None, "fc2")
+    gradient = torch.cat(([torch.mm(ga.T, x).reshape(-1), ga.sum(0)] if first else [])
+                         + ([torch.mm(gz.T, h).reshape(-1), gz.sum(0)] if second else []))
+    sizes = ([W1.numel(), b1.numel()] if first else []) + ([W2.numel(), b2.numel()] if second else [])
 
     def matvec(v: Tensor) -> Tensor:
-        V1, c1, V2, c2 = v.split(sizes)
-        V1, V2 = V1.view_as(W1), V2.view_as(W2)
-        Rh = torch.addmm(c1, x, V1.T).mul_(mask)
-        Rz = torch.addmm(c2, h, V2.T).addmm_(Rh, W2.T)
+        parts = v.split(sizes)
+        if first:
+            V1, c1 = parts[0].view_as(W1), parts[1]
+            Rh = torch.addmm(c1, x, V1.T).mul_(mask)
+        if second:
+            V2, c2 = parts[-2].view_as(W2), parts[-1]
+            Rz = torch.addmm(c2, h, V2.T)
+            if first:
+                Rz.addmm_(Rh, W2.T)
+        else:
+            Rz = torch.mm(Rh, W2.T)
         Rgz = Rz.sub_((p * Rz).sum(1, keepdim=True)).mul_(p).div_(n)
-        RdW2 = torch.mm(Rgz.T, h).addmm_(gz.T, Rh)
-        Rga = torch.mm(Rgz, W2).addmm_(gz, V2).mul_(mask)
-        return torch.cat([torch.mm(Rga.T, x).reshape(-1), Rga.sum(0), RdW2.reshape(-1), Rgz.sum(0)])
+        out: list[Tensor] = []
+        if first:
+            Rga = torch.mm(Rgz, W2)
+            if second:
+                Rga.addmm_(gz, V2)
+            Rga.mul_(mask)
+            out += [torch.mm(Rga.T, x).reshape(-1), Rga.sum(0)]
+        if second:
+            RdW2 = torch.mm(Rgz.T, h)
+            if first:
+                RdW2.addmm_(gz.T, Rh)
+            out += [RdW2.reshape(-1), Rgz.sum(0)]
+        return torch.cat(out)
 
     return gradient, matvec
 
 
 def _closed_hvp(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
-                names: tuple[str, ...]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """Gradient and product of :func:`_mlp_ce_hvp`; for a layer's ``names``, its diagonal block
-    (the product of the zero-padded vector, sliced: a layer's parameters are contiguous)."""
+                layer: str | None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """Gradient and product of :func:`_mlp_ce_hvp` (the whole model, or ``layer``'s diagonal block)."""
     if not _closed_form_applies(model, loss_fn):
         raise ValueError("method: 'closed' is invalid for this model or loss; allowed: the phaselib MLP "
                          "under torch.nn.functional.cross_entropy")
-    gradient, full = _mlp_ce_hvp(model, x, y)
-    sizes = {nm: prm.numel() for nm, prm in model.named_parameters()}
-    if names == tuple(sizes):
-        return gradient, full
-    lo = sum(sizes[nm] for nm in list(sizes)[:list(sizes).index(names[0])])
-    hi = lo + sum(sizes[nm] for nm in names)
-
-    def matvec(v: Tensor) -> Tensor:
-        padded = v.new_zeros(gradient.numel())
-        padded[lo:hi] = v
-        return full(padded)[lo:hi]
-
-    return gradient[lo:hi], matvec
+    return _mlp_ce_hvp(model, x, y, layer)
 
 
 def _func_hvp(g_fn: Callable[[Tensor], Tensor], theta: Tensor,
@@ -183,23 +194,23 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, la
     """Hessian of ``loss_fn(model(x), y)`` w.r.t. all parameters, or one layer's diagonal block.
 
     ``"closed"``: for the paper's MLP under cross-entropy, the closed-form product of
-    :func:`_mlp_ce_hvp` (a layer's block: the full product of the zero-padded vector, sliced).
+    :func:`_mlp_ce_hvp` (a layer's block: only the terms that are not zero there).
     ``"auto"`` (the default) takes it where it applies and ``"vjp"`` elsewhere. Otherwise
     ``H v`` is the derivative of ``g = torch.func.grad(L)`` at theta in direction v, by one of:
     ``"jvp"`` forward-over-reverse, ``jvp(g, theta, v)``, redoing the primal forward and
     backward on every call; ``"linearize"`` the same map traced once (``torch.func.linearize``),
     cheap per call but ~20 products' worth of tracing; ``"vjp"`` reverse-over-reverse with the
-    graph of g kept (``torch.func.vjp(g, theta)``; H is symmetric so vjp = jvp). Measured on the
-    mod-97 model (6586 examples, 1 CPU thread): vjp ~20 ms per product, linearize ~17 ms after
-    ~0.35 s of tracing (break-even near 100 products), jvp ~50 ms; vjp is the fallback of
-    ``"auto"`` since it needs no tracing. The model's parameters are read, never changed.
+    graph of g kept (``torch.func.vjp(g, theta)``; H is symmetric so vjp = jvp). linearize is
+    cheaper per product than vjp but pays its tracing up front, jvp is the slowest
+    (``benchmarks/hessian.py`` times all four side by side); vjp is the fallback of ``"auto"``
+    since it needs no tracing. The model's parameters are read, never changed.
     """
     names = param_names(model, layer)
     theta = flat_params(model, names)
     if method == "auto":
         method = "closed" if _closed_form_applies(model, loss_fn) else "vjp"
     if method == "closed":
-        gradient, matvec = _closed_hvp(model, loss_fn, x, y, names)
+        gradient, matvec = _closed_hvp(model, loss_fn, x, y, layer)
     elif method in ("vjp", "linearize", "jvp"):
         gradient, matvec = _func_hvp(grad(_flat_loss(model, loss_fn, x, y, names)), theta, method)
     else:

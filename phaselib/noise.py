@@ -4,9 +4,8 @@ B_simple = tr(Sigma) / |G|^2 (McCandlish, Kaplan, Amodei et al. 2018, "An Empiri
 Large-Batch Training"), G the mean gradient and Sigma the covariance of per-example gradients.
 Exact from per-example gradients, or cheaply from the gradients of two batch sizes. For the
 paper's MLP under cross-entropy or MSE, the per-example squared gradient norms have a closed form
-(:func:`_mlp_sq_norms`): a few matmuls instead of ``torch.func.vmap`` over ``grad`` (53 ms
-against 1.6 s on the mod-97 model, measured once here); other models and losses take the
-``vmap`` path. Everything is computed for the whole model (``"all"``) and for each
+(:func:`_mlp_sq_norms`): a few matmuls instead of ``torch.func.vmap`` over ``grad``, one
+gradient per example; other models and losses take the ``vmap`` path. Everything is computed for the whole model (``"all"``) and for each
 layer's parameters (key = layer name, e.g. ``"fc1"``): tr(Sigma) and |G|^2 split over layers.
 """
 from __future__ import annotations
@@ -95,7 +94,8 @@ def _mlp_sq_norms(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> di
     With a = W1 x + b1, h = relu(a), out = W2 h + b2 and d_i = dloss_i/dout_i (softmax - onehot
     for cross-entropy, 2 (out - y) / out_dim for mean squared error), example i's gradients are
     rank one: dW2 = d_i h_i^T, db2 = d_i, dW1 = u_i x_i^T, db1 = u_i with u_i = (W2^T d_i) * [a_i > 0]
-    (ReLU' = 0 at 0, as autograd). So |dW2|^2 = |d_i|^2 |h_i|^2 and |dW1|^2 = |u_i|^2 |x_i|^2, and G
+    (ReLU' = 0 at 0, as autograd). So |dW2|^2 = |d_i|^2 |h_i|^2 and |dW1|^2 = |u_i|^2 |x_i|^2 (the
+    rank-one trick of I. Goodfellow, "Efficient per-example gradient computations", 2015), and G
     is the mean of the rank-one terms. In float64, mean |g_i|^2 - |G|^2 = tr(Sigma) loses nothing
     that matters unless B_simple < ~1e-10.
     """
@@ -137,7 +137,8 @@ def per_example_noise_scales(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Te
     closed = _mlp_sq_norms(model, loss_fn, x, y) if method == "auto" else None
     if closed is not None:
         g_sq = {k: sum(closed[nm][1] for nm in names) for k, names in groups.items()}
-        trace = {k: sum(closed[nm][0] for nm in names) - g_sq[k] for k, names in groups.items()}
+        # a population variance: >= 0, though the difference can round a hair below when all g_i agree
+        trace = {k: max(0.0, sum(closed[nm][0] for nm in names) - g_sq[k]) for k, names in groups.items()}
     else:
         g_sq, trace = _vmap_trace(model, loss_fn, x, y, groups, chunk_size)
     return {k: NoiseScale(b_simple=trace[k] / g_sq[k] if g_sq[k] > 0 else math.inf, trace_sigma=trace[k],
