@@ -12,8 +12,15 @@ width 64, logits padded to 104 classes, the output bias as a 65th hidden unit):
 This script times those three calls, with the engine's layouts, for a run at ``--frac``, on all
 torch threads and as one single-threaded stream per core (the better of the two is the floor),
 and, in the same process, the reference loop on the same run. ``max_speedup`` =
-reference ms per run-epoch / GEMM floor ms per run-epoch: the speedup an engine would reach if
-everything but these GEMMs (softmax, gather, scatter, optimiser) were free.
+reference ms per run-epoch / GEMM floor ms per run-epoch: the speedup an engine with these
+layouts would reach on this run if everything but these GEMMs (softmax, gather, scatter,
+optimiser) were free. It is per run at one fraction, not the study's mix (train_throughput.py).
+
+JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``
+and ``gemm_gflops`` (= ``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts
+the FLOPs of the padded shapes above (the engine's real work; train_throughput.py counts the
+unpadded model's, 64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's
+figures, with ``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
 """
 from __future__ import annotations
 
@@ -30,12 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phaselib.config import RunConfig  # noqa: E402
 from phaselib.train import make_dataset, train_reference  # noqa: E402
-from train_throughput import Stamps, intra_and_streams, ms_per_pass, write_json  # noqa: E402
+from train_throughput import intra_and_streams, ms_per_pass, time_reference, write_json  # noqa: E402
+
+
+def padded(p: int) -> int:
+    """Logit columns of the engine: p rounded up to a multiple of 8 (engine._Modular)."""
+    return -(-p // 8) * 8
 
 
 def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], object]]:
     """The engine's three output-layer GEMMs on random data, as zero-argument calls."""
-    P8 = -(-p // 8) * 8
+    P8 = padded(p)
     h, W2T, z = torch.randn(N, H + 1).relu_(), torch.randn(H + 1, P8), torch.empty(N, P8)
     dz, dW2 = torch.randn(n, p), torch.empty(H + 1, p)
     W2, dh = torch.randn(p, H), torch.empty(n, H)
@@ -57,21 +69,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path)
     ap.add_argument("--frac", type=float, default=0.7)
-    ap.add_argument("--epochs", type=int, default=30, help="reference epochs (the first 5 untimed)")
+    ap.add_argument("--epochs", type=int, default=30, help="reference epochs")
+    ap.add_argument("--warmup", type=int, default=5, help="reference epochs left out of the timing")
     ap.add_argument("--seconds", type=float, default=2.0, help="time per GEMM measurement")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
+    if not 0 < args.warmup < args.epochs:
+        ap.error("--warmup must be in (0, --epochs)")
     threads = torch.get_num_threads()
     cfg = RunConfig(modulus=97, frac=args.frac, seed=42, epochs=args.epochs, engine="reference", threads=threads)
     d = make_dataset(cfg)
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
-    flop = 2 * N * (H + 1) * (-(-p // 8) * 8) + 2 * n * (H + 1) * p + 2 * n * p * H
+    flop = 2 * N * (H + 1) * padded(p) + 2 * n * (H + 1) * p + 2 * n * p * H
     train_reference(cfg.replace(epochs=3))  # warm the reference path (allocator, first kernel calls)
     reps = []
     for i in range(args.repeats):
-        st = Stamps(5)
-        train_reference(cfg, progress=st)
-        ref_ms = st.seconds / (cfg.epochs - st.start) * 1e3
+        ref = time_reference([cfg], args.warmup)
+        ref_ms = ref["loop_s"] / ref["run_epochs"] * 1e3
         f = floor_ms(N, n, H, p, threads, args.seconds)
         reps.append({"reference_ms_per_run_epoch": ref_ms, **f, "max_speedup": ref_ms / f["floor_ms"],
                      "gemm_gflops": flop / f["floor_ms"] / 1e6})

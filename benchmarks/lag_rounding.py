@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phaselib import kernels  # noqa: E402
 from phaselib.config import RunConfig  # noqa: E402
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       "lag": a.lag, "generalisation_epoch": a.generalisation_epoch, "generalised": a.generalised}
         print(f"{name:20s} peak {a.gnorm_peak_epoch:5d}  transition {a.metric_transition_epoch:5d}  "
               f"lag {a.lag:5d}  generalised at {a.generalisation_epoch}", flush=True)
-    result = {"config": cfg.hashed_dict(), "paths": rows}
+    result = {"config": cfg.hashed_dict(), "threads": args.threads or torch.get_num_threads(),
+              "paths": rows, "meta": {name: {k: rec.meta.get(k) for k in ("engine", "kernels")}
+                                      for name, rec in records.items()}}
     write_json(args.json, result)
     return result
 

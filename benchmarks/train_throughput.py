@@ -10,8 +10,9 @@ study's mix of runs at a fraction of its time.
 
 Timing: the steady-state loop. Progress hooks timestamp the end of epoch ``--warmup`` and the end
 of the last epoch; setup (datasets, models) and record assembly fall outside. ``--repeats``
-repetitions alternate the order of the two engines; each reports its own ratio and the JSON holds
-the medians (the machine may be shared, so absolute times are noisy, ratios less so).
+repetitions rotate the order of the contenders (reference, batched, and batched on torch ops
+when the kernels run); each reports its own ratios, and the JSON summarises them as described
+below (the machine may be shared, so absolute times are noisy, ratios less so).
 
 FLOPs counted (useful arithmetic of the model; a multiply-add is 2, an add 1; elementwise work --
 bias, ReLU, softmax, loss, optimiser -- is not counted). Per run-epoch, with N rows in the table,
@@ -36,7 +37,7 @@ run).
 Summary across repeats: times, speedups and ``achieved_gflops`` are medians; ``sgemm_gflops`` (and
 the square one) is the *best* repeat's, and the summary ``roofline_fraction`` = median achieved /
 best sgemm. sgemm is timed after the engines, so on a shared machine one of its measurements can
-fall in a slow spell the engines did not see (measured here: 48-118 GFLOP/s within one run), and a
+fall in a slow spell the engines did not see (compare ``per_repeat[*].sgemm_gflops``), and a
 per-repeat fraction can then read far too high; against the machine's best sustained sgemm of the
 run it cannot. Each repeat's own figures stay in ``per_repeat``.
 

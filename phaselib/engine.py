@@ -22,7 +22,7 @@ oracle of the tests) computes, exactly up to float32 rounding order:
   scatter-add) run as C loops that finish each row in cache (:mod:`phaselib.kernels`); the torch
   operations they replace stay as the fallback (``PHASELIB_KERNELS=torch``, other devices, or no
   C compiler), and both paths are tested against the reference.
-- **Threads.** On the CPU a modular batch splits its runs between ``min(threads, R)`` worker
+- **Threads.** On the CPU a modular batch shares its runs between ``min(threads, R)`` worker
   threads running single-threaded operations (see :class:`_Modular`); the regression control,
   whose tensors are small, steps its runs one after the other (see :class:`_Regression`).
 
@@ -285,10 +285,10 @@ class _Modular(_Task):
         p, two_p, N, M = data[0].modulus, data[0].in_dim, self.N, self.M
         self.p = p
         self.first_b = int(data[0].b.min())  # 1 for div (b = 0 left out), else 0
-        self.order = [torch.as_tensor(o).to(device) for o in self.row_order]
         self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
         self.native = kernels.use_native(device)
-        if not self.native:  # the torch path's scatter-add of the first-layer gradient
+        if not self.native:  # the torch path's row gather and scatter-add of the first-layer gradient
+            self.order = [torch.as_tensor(o).to(device) for o in self.row_order]
             self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p,
                                             device) for d, o, n in zip(data, self.row_order, self.ntr)]
         else:  # each row's two one-hot positions, in the run's row order
@@ -302,7 +302,7 @@ class _Modular(_Task):
         workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
         P8 = -(-p // 8) * 8
         self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
-        # longest runs first (a run's step costs about N forward rows + 2 n backward rows, by FLOPs);
+        # largest train split first (every run's forward covers the same N rows; its backward, n rows);
         # each worker takes the next run when it is free, which balances uneven batches
         self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
