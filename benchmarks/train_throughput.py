@@ -41,6 +41,11 @@ fall in a slow spell the engines did not see (compare ``per_repeat[*].sgemm_gflo
 per-repeat fraction can then read far too high; against the machine's best sustained sgemm of the
 run it cannot. Each repeat's own figures stay in ``per_repeat``.
 
+``per_batch`` breaks the slice down by the sweep's batches (task, runs, both engines' ms per
+run-epoch, speedup, achieved GFLOP/s; medians over repeats): the study's ratio is a mix of a
+small modular batch (3 runs on 2 workers: one worker takes two), the regression control (tiny
+tensors, overhead-bound) and the 9-run batch, which comes closest to the GEMM floor.
+
 The batched engine runs with the fused C kernels of ``phaselib/kernels.c`` when they build
 (``kernels`` in the JSON says which path ran). When they do, the same engine on plain torch
 operations (``PHASELIB_KERNELS=torch``) is timed in the same repetitions as a third contender:
@@ -112,27 +117,48 @@ class Stamps:
 
 
 def time_reference(cfgs: Sequence[RunConfig], warmup: int) -> dict:
+    """The reference loop run by run; ``run_loop_s``: each run's timed seconds, in order."""
     t0 = time.perf_counter()
-    loop_s, run_epochs, recs = 0.0, 0, []
+    loop_s, run_epochs, recs, run_loop_s = 0.0, 0, [], []
     for c in cfgs:
         st = Stamps(warmup)
         recs.append(train_reference(c, progress=st))
         loop_s += st.seconds
+        run_loop_s.append(st.seconds)
         run_epochs += c.epochs - st.start
-    return {"loop_s": loop_s, "run_epochs": run_epochs, "wall_s": time.perf_counter() - t0, "records": recs}
+    return {"loop_s": loop_s, "run_epochs": run_epochs, "wall_s": time.perf_counter() - t0, "records": recs,
+            "run_loop_s": run_loop_s}
 
 
 def time_batched(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
+    """The batched engine batch by batch; ``batch_loop_s``/``batch_flops``: each batch's timed
+    seconds and counted FLOPs, in order."""
     t0 = time.perf_counter()
-    loop_s, run_epochs, flops, recs = 0.0, 0, 0.0, []
+    loop_s, run_epochs, flops, recs, batch_loop_s, batch_flops = 0.0, 0, 0.0, [], [], []
     for g in groups:
         st = Stamps(warmup)
         recs.extend(train_batched(g, chunk=warmup, progress=st))
         loop_s += st.seconds
         run_epochs += len(g) * (g[0].epochs - st.start)
-        flops += sum(study_flops(c, st.start, c.epochs) for c in g)
+        batch_loop_s.append(st.seconds)
+        batch_flops.append(sum(study_flops(c, st.start, c.epochs) for c in g))
+        flops += batch_flops[-1]
     return {"loop_s": loop_s, "run_epochs": run_epochs, "flops": flops, "wall_s": time.perf_counter() - t0,
-            "records": recs}
+            "records": recs, "batch_loop_s": batch_loop_s, "batch_flops": batch_flops}
+
+
+def per_batch(groups: Sequence[Sequence[RunConfig]], ref: dict, bat: dict, timed_epochs: int) -> list[dict]:
+    """Each batch's own figures: where the study's ratio comes from (batch size and task matter)."""
+    out, i = [], 0
+    for g, b_s, b_flops in zip(groups, bat["batch_loop_s"], bat["batch_flops"]):
+        run_epochs = len(g) * timed_epochs
+        ref_ms = sum(ref["run_loop_s"][i:i + len(g)]) / run_epochs * 1e3
+        bat_ms = b_s / run_epochs * 1e3
+        i += len(g)
+        out.append({"task": g[0].task, "runs": len(g), "reference_ms_per_run_epoch": ref_ms,
+                    "batched_ms_per_run_epoch": bat_ms, "speedup": ref_ms / bat_ms,
+                    "achieved_gflops": b_flops / b_s / 1e9})
+    return out
 
 
 @contextmanager
@@ -217,17 +243,28 @@ def write_json(path: Path | None, result: dict) -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def slice_args(doc: str, epochs: int, repeats: int, threads: int, threads_help: str,
+               argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options of a benchmark on a fixed-epoch slice of a study, validated before anything runs."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--params", type=Path, default=ROOT / "params" / "paper.yaml")
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of each run in the slice")
+    ap.add_argument("--epochs", type=int, default=epochs, help="epochs of each run in the slice")
     ap.add_argument("--warmup", type=int, default=5, help="epochs of each run left out of the timing")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--threads", type=int, default=threads, help=threads_help)
     args = ap.parse_args(argv)
     if not 0 < args.warmup < args.epochs:
         ap.error("--warmup must be in (0, --epochs)")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    if args.threads < 0:
+        ap.error("--threads must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = slice_args(__doc__, 30, 3, 0, "torch threads (0 = torch's default)", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -270,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "roofline_fraction_square": achieved / sq, "sgemm_intra_op_gflops": sgemm["intra_op"],
                      "sgemm_streams_gflops": sgemm["streams"],
                      "reference_wall_s": ref["wall_s"], "batched_wall_s": bat["wall_s"],
-                     "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"])})
+                     "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"]),
+                     "per_batch": per_batch(groups, ref, bat, args.epochs - args.warmup)})
         ops = ""
         if native:
             ops_ms = runs["torch_ops"]["loop_s"] / runs["torch_ops"]["run_epochs"] * 1e3
@@ -280,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"(x{ref_ms / bat_ms:.1f}){ops}; {achieved:.1f} GFLOP/s = {achieved / sg:.2f} of sgemm {sg:.1f}",
               flush=True)
 
-    med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    med = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k != "per_batch"}
+    med_batches = [{k: (v if isinstance(v, (str, int)) else statistics.median(r["per_batch"][j][k] for r in reps))
+                    for k, v in b.items()} for j, b in enumerate(reps[0]["per_batch"])]
     for peak, frac in (("sgemm_gflops", "roofline_fraction"), ("sgemm_square_gflops", "roofline_fraction_square")):
         med[peak] = max(r[peak] for r in reps)  # the best sustained sgemm of the run (see the docstring)
         med[frac] = med["achieved_gflops"] / med[peak]
@@ -295,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                "achieved_gflops", "sgemm_gflops", "roofline_fraction", "sgemm_square_gflops",
                                "roofline_fraction_square", "max_rel_diff_grad_norm",
                                "batched_torch_ops_ms_per_run_epoch", "kernel_speedup") if k in med},
+        "per_batch": med_batches,
         "sgemm_shape": [9409, 64, 97],
         "study_estimate_s": {"reference": med["reference_ms_per_run_epoch"] * study_run_epochs / 1e3,
                              "batched": med["batched_ms_per_run_epoch"] * study_run_epochs / 1e3,
@@ -313,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"full study estimated {result['study_estimate_s']['reference']:.0f} s -> "
           f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}"
           + (f"; fused kernels x{med['kernel_speedup']:.2f} over torch ops" if native else "; kernels: torch ops"))
+    for b in med_batches:
+        print(f"  batch of {b['runs']} {b['task']} runs: reference {b['reference_ms_per_run_epoch']:.2f} ms/run-epoch, "
+              f"batched {b['batched_ms_per_run_epoch']:.2f} (x{b['speedup']:.1f}), {b['achieved_gflops']:.1f} GFLOP/s")
     write_json(args.json, result)
     return result
 
