@@ -35,6 +35,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/train_throughput.py --json results/bench/train_throughput.json
 	$(PY) benchmarks/engine_floor.py --json results/bench/engine_floor.json
+	$(PY) benchmarks/batch_workers.py --json results/bench/batch_workers.json
 	$(PY) benchmarks/hessian.py --json results/bench/hessian.json
 	$(PY) benchmarks/online_false_alarms.py
 	$(PY) benchmarks/lag_rounding.py --json results/bench/lag_rounding.json
