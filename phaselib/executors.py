@@ -70,7 +70,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
@@ -78,6 +78,9 @@ from .config import RunConfig
 from .progress import bar
 from .record import RunRecord, table_from_bytes, table_to_bytes
 from .store import RunStore
+
+if TYPE_CHECKING:  # optional dependency (the dask executor); for the annotation only
+    import distributed
 
 log = logging.getLogger(__name__)
 

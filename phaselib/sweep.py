@@ -5,8 +5,7 @@ stored, and each finished run is stored at once, atomically.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

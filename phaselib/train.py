@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data import Dataset, make_modular, make_regression
-from .models import LAYERS, MLP, layer_params, make_model
+from .models import LAYERS, layer_params, make_model
 from .record import RunRecord, concat_tables, environment, rows_table, tidy
 
 #: The per-epoch signals every engine records, as (signal, layer) columns in buffer order.
