@@ -17,8 +17,8 @@ Timing: as in train_throughput, from the end of epoch ``--warmup`` to the end of
 For processes the interval runs from the earliest post-warm-up stamp of any process to the last
 process's end (one monotonic clock for all processes), so a process that finishes early counts
 as idle time, as an idle worker thread does. ``processes_over_threads`` < 1 means processes win.
-The run records of the two contenders are compared too: a run's numbers must not depend on
-which other runs share its batch (``max_abs_diff_grad_norm``, expected 0).
+The runs' gradient-norm series of the two contenders are compared too: a run's numbers must not
+depend on which other runs share its batch (``max_abs_diff_grad_norm``, expected 0).
 
 Workload: the sweep's largest batch of the paper's study (the 9 seed-variance runs), each
 trained for ``--epochs`` epochs.
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,8 +52,7 @@ def deal(cfgs: Sequence[RunConfig], parts: int) -> list[list[RunConfig]]:
 
 def _train_timed(cfgs: Sequence[RunConfig], warmup: int) -> tuple[float, float, list[RunRecord]]:
     """Train a (sub-)batch; returns the monotonic stamps after warm-up and at the end, and the records."""
-    torch.set_num_threads(cfgs[0].threads)
-    st = Stamps(warmup)
+    st = Stamps(warmup)  # train_batched runs on cfgs[0].threads torch threads
     recs = train_batched(cfgs, chunk=warmup, progress=st)
     return st.t_start, st.t_end, recs
 

@@ -117,43 +117,42 @@ class Stamps:
 
 
 def time_reference(cfgs: Sequence[RunConfig], warmup: int) -> dict:
-    """The reference loop run by run; ``run_loop_s``: each run's timed seconds, in order."""
+    """The reference loop run by run; ``run_loop_s``/``run_run_epochs``: each run's timed seconds
+    and timed epochs, in order."""
     t0 = time.perf_counter()
-    loop_s, run_epochs, recs, run_loop_s = 0.0, 0, [], []
+    recs, run_loop_s, run_epochs = [], [], []
     for c in cfgs:
         st = Stamps(warmup)
         recs.append(train_reference(c, progress=st))
-        loop_s += st.seconds
         run_loop_s.append(st.seconds)
-        run_epochs += c.epochs - st.start
-    return {"loop_s": loop_s, "run_epochs": run_epochs, "wall_s": time.perf_counter() - t0, "records": recs,
-            "run_loop_s": run_loop_s}
+        run_epochs.append(c.epochs - st.start)
+    return {"loop_s": sum(run_loop_s), "run_epochs": sum(run_epochs), "wall_s": time.perf_counter() - t0,
+            "records": recs, "run_loop_s": run_loop_s, "run_run_epochs": run_epochs}
 
 
 def time_batched(groups: Sequence[Sequence[RunConfig]], warmup: int) -> dict:
-    """The batched engine batch by batch; ``batch_loop_s``/``batch_flops``: each batch's timed
-    seconds and counted FLOPs, in order."""
+    """The batched engine batch by batch; ``batch_loop_s``/``batch_run_epochs``/``batch_flops``:
+    each batch's timed seconds, timed run-epochs and counted FLOPs, in order."""
     t0 = time.perf_counter()
-    loop_s, run_epochs, flops, recs, batch_loop_s, batch_flops = 0.0, 0, 0.0, [], [], []
+    recs, batch_loop_s, batch_run_epochs, batch_flops = [], [], [], []
     for g in groups:
         st = Stamps(warmup)
         recs.extend(train_batched(g, chunk=warmup, progress=st))
-        loop_s += st.seconds
-        run_epochs += len(g) * (g[0].epochs - st.start)
         batch_loop_s.append(st.seconds)
+        batch_run_epochs.append(len(g) * (g[0].epochs - st.start))
         batch_flops.append(sum(study_flops(c, st.start, c.epochs) for c in g))
-        flops += batch_flops[-1]
-    return {"loop_s": loop_s, "run_epochs": run_epochs, "flops": flops, "wall_s": time.perf_counter() - t0,
-            "records": recs, "batch_loop_s": batch_loop_s, "batch_flops": batch_flops}
+    return {"loop_s": sum(batch_loop_s), "run_epochs": sum(batch_run_epochs), "flops": sum(batch_flops),
+            "wall_s": time.perf_counter() - t0, "records": recs, "batch_loop_s": batch_loop_s,
+            "batch_run_epochs": batch_run_epochs, "batch_flops": batch_flops}
 
 
-def per_batch(groups: Sequence[Sequence[RunConfig]], ref: dict, bat: dict, timed_epochs: int) -> list[dict]:
-    """Each batch's own figures: where the study's ratio comes from (batch size and task matter)."""
+def per_batch(groups: Sequence[Sequence[RunConfig]], ref: dict, bat: dict) -> list[dict]:
+    """Each batch's own figures: where the study's ratio comes from (batch size and task matter).
+    ``ref`` holds the reference's runs in the batches' order."""
     out, i = [], 0
-    for g, b_s, b_flops in zip(groups, bat["batch_loop_s"], bat["batch_flops"]):
-        run_epochs = len(g) * timed_epochs
-        ref_ms = sum(ref["run_loop_s"][i:i + len(g)]) / run_epochs * 1e3
-        bat_ms = b_s / run_epochs * 1e3
+    for g, b_s, b_epochs, b_flops in zip(groups, bat["batch_loop_s"], bat["batch_run_epochs"], bat["batch_flops"]):
+        ref_ms = sum(ref["run_loop_s"][i:i + len(g)]) / sum(ref["run_run_epochs"][i:i + len(g)]) * 1e3
+        bat_ms = b_s / b_epochs * 1e3
         i += len(g)
         out.append({"task": g[0].task, "runs": len(g), "reference_ms_per_run_epoch": ref_ms,
                     "batched_ms_per_run_epoch": bat_ms, "speedup": ref_ms / bat_ms,
@@ -308,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "sgemm_streams_gflops": sgemm["streams"],
                      "reference_wall_s": ref["wall_s"], "batched_wall_s": bat["wall_s"],
                      "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"]),
-                     "per_batch": per_batch(groups, ref, bat, args.epochs - args.warmup)})
+                     "per_batch": per_batch(groups, ref, bat)})
         ops = ""
         if native:
             ops_ms = runs["torch_ops"]["loop_s"] / runs["torch_ops"]["run_epochs"] * 1e3

@@ -270,14 +270,13 @@ class _Modular(_Task):
     one (longest first) when it is free and running single-threaded operations on its own
     buffers: runs are independent, so this needs no synchronisation inside a step beyond taking
     a run, and a run's numbers do not depend on the other runs of the batch or on which worker
-    computes it. (A batch with fewer runs than threads gives the spare
-    threads to the operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here,
-    which the tests check, but that is a property of the library, not of this code.)
+    computes it. (A batch with fewer runs than threads gives the spare threads to the
+    operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here, which the
+    tests check, but that is a property of the library, not of this code.)
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
-    rows make the matmul kernel markedly faster.
-    Gradients are taken from the unpadded view.
+    rows make the matmul kernel markedly faster. Gradients are taken from the unpadded view.
     """
 
     def __init__(self, data: Sequence[Dataset], device: torch.device, width: int, workers: int = 1) -> None:

@@ -214,7 +214,7 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, la
     elif method in ("vjp", "linearize", "jvp"):
         gradient, matvec = _func_hvp(grad(_flat_loss(model, loss_fn, x, y, names)), theta, method)
     else:
-        raise ValueError(f"method: {method!r} is not one of {list(HVP_METHODS)}")
+        raise ValueError(f"method: {method!r} is invalid; allowed: one of {['auto', *HVP_METHODS]}")
     blocks: dict[str, tuple[int, int]] = {}
     start = 0
     for name, p in zip(names, (dict(model.named_parameters())[n] for n in names)):

@@ -5,8 +5,9 @@ Large-Batch Training"), G the mean gradient and Sigma the covariance of per-exam
 Exact from per-example gradients, or cheaply from the gradients of two batch sizes. For the
 paper's MLP under cross-entropy or MSE, the per-example squared gradient norms have a closed form
 (:func:`_mlp_sq_norms`): a few matmuls instead of ``torch.func.vmap`` over ``grad``, one
-gradient per example; other models and losses take the ``vmap`` path. Everything is computed for the whole model (``"all"``) and for each
-layer's parameters (key = layer name, e.g. ``"fc1"``): tr(Sigma) and |G|^2 split over layers.
+gradient per example; other models and losses take the ``vmap`` path. Everything is computed
+for the whole model (``"all"``) and for each layer's parameters (key = layer name, e.g.
+``"fc1"``): tr(Sigma) and |G|^2 split over layers.
 """
 from __future__ import annotations
 

@@ -71,6 +71,13 @@ def test_hvp_matches_dense(case, method):
     torch.testing.assert_close(op.gradient, g, rtol=1e-9, atol=1e-12)
 
 
+def test_unknown_method_names_every_allowed_one(case):
+    model, loss_fn, x, y, _, _ = case
+    with pytest.raises(ValueError, match="method: 'fast' is invalid; allowed: one of") as err:
+        H.hessian_operator(model, loss_fn, x, y, method="fast")
+    assert all(repr(m) in str(err.value) for m in ("auto", *H.HVP_METHODS))
+
+
 def test_closed_form_only_where_it_applies(case):
     model, loss_fn, x, y, _, _ = case
     assert H._closed_form_applies(model, loss_fn)
