@@ -9,11 +9,7 @@ per-epoch work does not change over training (every operation is dense), so the 
 study's mix of runs at a fraction of its time.
 
 Timing: the steady-state loop. Progress hooks timestamp the end of epoch ``--warmup`` and the end
-of the last epoch; setup (datasets, models) and record assembly fall outside. The batched engine
-steps a modular batch's runs with no barrier between epochs, so when its slowest run passes
-``--warmup`` the others may be up to an epoch ahead: at most about one run-epoch per extra worker
-of the counted work falls before the first stamp (under 1/75 = 1.3% of the 3-run batch's timed
-work at the default slice, 0.4% of the 9-run batch's), which flatters the batched time by as much. ``--repeats``
+of the last epoch; setup (datasets, models) and record assembly fall outside. ``--repeats``
 repetitions rotate the order of the contenders (reference, batched, and batched on torch ops
 when the kernels run); each reports its own ratios, and the JSON summarises them as described
 below (the machine may be shared, so absolute times are noisy, ratios less so).

@@ -25,11 +25,6 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 - **Threads.** On the CPU a modular batch shares its runs between ``min(threads, R)`` worker
   threads running single-threaded operations (see :class:`_Modular`); the regression control,
   whose tensors are small, steps its runs one after the other (see :class:`_Regression`).
-- **No barrier between epochs** (no callbacks or probers, several workers): runs are independent,
-  so each worker steps whichever free run is furthest behind by one epoch, its optimiser step and
-  recorded row included, and no core idles at an epoch's end waiting for the other's last run
-  (:func:`_train_unsynced`; bit-identical to the synchronised loop). Callbacks and probers need
-  every run at each recorded epoch, so with them all runs step each epoch together.
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
@@ -84,8 +79,6 @@ class StackedAdamW:
     ``p += (-lr/(1-b1^t)) * m / (sqrt(v)/sqrt(1-b2^t) + eps)``.
     Per-run scalars (``1 - lr*wd`` and ``-lr/(1-b1^t)``) are formed in float64 and rounded to the
     parameter dtype, as Python-float scalars are in torch. A run with lr 0 does not move.
-    :meth:`step_run` steps one run alone, on its own step count, with the same operations on its
-    rows: they are elementwise, so it is bit-identical to stepping that run with the stack.
     """
 
     def __init__(self, flat: torch.Tensor, runs: int, blocks: Sequence[int], lr: Sequence[float],
@@ -100,7 +93,6 @@ class StackedAdamW:
         self._update = torch.empty_like(flat)
         self._denom = torch.empty_like(flat)
         self.t = 0
-        self.t_run = np.zeros(runs, dtype=np.int64)  # each run's own step count (step_run)
         self.set_lr(lr)
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -121,7 +113,6 @@ class StackedAdamW:
         """One AdamW step of every run from the flat gradient ``grad`` (same layout as the params)."""
         b1, b2 = self.betas
         self.t += 1
-        self.t_run += 1
         for p in self.views(self.flat):
             p.mul_(self._decay)
         self.exp_avg.lerp_(grad, 1 - b1)
@@ -133,25 +124,6 @@ class StackedAdamW:
         for u, m in zip(self.views(self._update), self.views(self.exp_avg)):
             torch.mul(m, neg_step, out=u)  # addcdiv computes self + (value * t1) / t2
         self.flat.add_(self._update.div_(self._denom))
-
-    def step_run(self, r: int, grad: torch.Tensor) -> None:
-        """One AdamW step of run ``r`` alone from its rows of ``grad``, at its own step count: :meth:`step`'s
-        operations on the run's rows (so other runs may be at other steps, stepped from other threads)."""
-        b1, b2 = self.betas
-        self.t_run[r] += 1
-        t = int(self.t_run[r])
-        bc1 = 1 - b1 ** t
-        bc2_sqrt = (1 - b2 ** t) ** 0.5
-        neg_step = torch.div(self.lr[r:r + 1], bc1).neg_().to(self.flat.dtype)
-        rows = [[block[r] for block in self.views(buf)]
-                for buf in (self.flat, self.exp_avg, self.exp_avg_sq, self._update, self._denom, grad)]
-        for p, m, v, u, d, g in zip(*rows):  # block by block: run r's rows of each buffer
-            p.mul_(self._decay[r])
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            torch.sqrt(v, out=d).div_(bc2_sqrt).add_(self.eps)
-            torch.mul(m, neg_step, out=u)
-            p.add_(u.div_(d))
 
 
 # ------------------------------------------------------------------ stacked model
@@ -211,12 +183,6 @@ class _Stack:
         sq = [v.reshape(self.runs, -1).square().sum(1) for v in (self.E1, self.b1, self.W2T, self.b2)]
         per = torch.stack([torch.sqrt(sq[0] + sq[1]), torch.sqrt(sq[2] + sq[3])], 1)
         return torch.cat([per, torch.sqrt(per.square().sum(1, keepdim=True))], 1)
-
-    def run_norms(self, r: int) -> torch.Tensor:
-        """(3,): :meth:`layer_norms` of run ``r`` alone (the same sums over its rows)."""
-        sq = [v[r].reshape(-1).square().sum() for v in (self.E1, self.b1, self.W2T, self.b2)]
-        per = torch.stack([torch.sqrt(sq[0] + sq[1]), torch.sqrt(sq[2] + sq[3])])
-        return torch.cat([per, torch.sqrt(per.square().sum(0, keepdim=True))])
 
 
 # ------------------------------------------------------------------ tasks
@@ -300,14 +266,13 @@ class _Modular(_Task):
     Each run goes through forward, loss and backward on its own (one run's tensors are large
     enough to keep a core busy per operation), writing its gradient into the stacked buffer and
     its per-row losses into stacked tables; the optimiser, norms and signals then work on the
-    stack, or on the run alone when runs step without a barrier (:meth:`run_step`). With
-    ``workers`` > 1 (CPU), that many threads share the runs, each taking the next one (longest
-    first) when it is free and running single-threaded operations on its own buffers: runs are
-    independent, so this needs no synchronisation inside a step beyond taking a run, and a
-    run's numbers do not depend on the other runs of the batch or on which worker computes it.
-    (A batch with fewer runs than threads gives the spare threads to the operations; MKL's
-    matmuls gave bit-identical results on 1 and 2 threads here, which the tests check, but that
-    is a property of the library, not of this code.)
+    stack. With ``workers`` > 1 (CPU), that many threads share the runs, each taking the next
+    one (longest first) when it is free and running single-threaded operations on its own
+    buffers: runs are independent, so this needs no synchronisation inside a step beyond taking
+    a run, and a run's numbers do not depend on the other runs of the batch or on which worker
+    computes it. (A batch with fewer runs than threads gives the spare threads to the
+    operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here, which the
+    tests check, but that is a property of the library, not of this code.)
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
@@ -373,21 +338,6 @@ class _Modular(_Task):
             return None
         loss, acc = self._split_sums(self.nll), self._split_sums(self.correct.float())
         return torch.cat([loss / self.counts, acc / self.counts], 1)
-
-    def run_step(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
-        """Run ``r``'s part of :meth:`step`, on buffers ``w``: its mean train-loss gradient into ``G`` and,
-        with ``record``, its (4,) losses and metrics (step's sums and divisions, over its rows alone)."""
-        with torch.no_grad():
-            (self._run_native if self.native else self._run_torch)(w, r, P, G, record)
-            scale = 1.0 / self.n_train[r]
-            for g in (G.E1, G.b1, G.W2T, G.b2):
-                g[r].mul_(scale)
-            if not record:
-                return None
-            train, test = self.train_mask[r], self.test_mask[r]
-            nll, hit = self.nll[r], self.correct[r].float()
-            sums = torch.stack([(nll * train).sum(), (nll * test).sum(), (hit * train).sum(), (hit * test).sum()])
-            return sums / self.counts[r].repeat(2)
 
     def _runs(self, w: _Work, queue: Iterator[int], P: _Stack, G: _Stack, record: bool) -> None:
         """Gradient sums (and per-row losses/hits if ``record``) of the runs this worker takes from
@@ -607,39 +557,36 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
             buf = torch.empty(len(rec), R, len(BASE_COLUMNS), device=device)
             probe_models: dict[int, MLP] = {}
             stopped = np.zeros(R, dtype=bool)
-            if not sync_each and isinstance(task, _Modular) and task.pool is not None:
-                _train_unsynced(task, P, G, opt, buf, host, is_rec, lr_col, chunk, progress)
-            else:  # one step of every run per epoch: callbacks and probers see every run at each recorded epoch
-                row = flushed = done_epochs = 0
-                for epoch in range(cfg0.epochs):
-                    record = bool(is_rec[epoch])
-                    stats = task.step(P, G, record)
-                    if record:
-                        torch.cat([G.layer_norms(), P.layer_norms(), stats, lr_col[:, None]], 1, out=buf[row])
-                        if sync_each:
-                            flushed = _flush(buf, host, row, row + 1)  # the one host sync callbacks and probers need
-                            changed = _host_hooks(epoch, row, host, cfgs, data, cbs, prb, controls, extra, stopped,
-                                                  P, probe_models, device, threads)
-                            for r in changed:  # as train_reference: the row shows the lr the step will use
-                                lr[r] = cfgs[r].lr * controls[r].lr_scale
-                                host[row, r, _LR_COL] = lr[r]
-                                if controls[r].stop_reason is not None:  # frozen: lr 0 leaves its parameters
-                                    stopped[r], rows_of[r], last[r], lr[r] = True, row + 1, epoch, 0.0
-                            if changed:
-                                opt.set_lr(lr)
-                                lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
-                        row += 1
-                        if stopped.all():
-                            break
-                    opt.step(G.flat)
-                    if (epoch + 1) % chunk == 0:
-                        flushed = _flush(buf, host, flushed, row)
-                        if progress is not None:
-                            progress(epoch + 1 - done_epochs)
-                        done_epochs = epoch + 1
-                flushed = _flush(buf, host, flushed, row)
-                if progress is not None and epoch + 1 > done_epochs:
-                    progress(epoch + 1 - done_epochs)
+            row = flushed = done_epochs = 0
+            for epoch in range(cfg0.epochs):
+                record = bool(is_rec[epoch])
+                stats = task.step(P, G, record)
+                if record:
+                    torch.cat([G.layer_norms(), P.layer_norms(), stats, lr_col[:, None]], 1, out=buf[row])
+                    if sync_each:
+                        flushed = _flush(buf, host, row, row + 1)  # the one host sync callbacks and probers need
+                        changed = _host_hooks(epoch, row, host, cfgs, data, cbs, prb, controls, extra, stopped,
+                                              P, probe_models, device, threads)
+                        for r in changed:  # as train_reference: the row shows the lr the step will use
+                            lr[r] = cfgs[r].lr * controls[r].lr_scale
+                            host[row, r, _LR_COL] = lr[r]
+                            if controls[r].stop_reason is not None:  # frozen: lr 0 leaves its parameters as they are
+                                stopped[r], rows_of[r], last[r], lr[r] = True, row + 1, epoch, 0.0
+                        if changed:
+                            opt.set_lr(lr)
+                            lr_col = torch.tensor(lr, dtype=torch.float32, device=device)
+                    row += 1
+                    if stopped.all():
+                        break
+                opt.step(G.flat)
+                if (epoch + 1) % chunk == 0:
+                    flushed = _flush(buf, host, flushed, row)
+                    if progress is not None:
+                        progress(epoch + 1 - done_epochs)
+                    done_epochs = epoch + 1
+            flushed = _flush(buf, host, flushed, row)
+            if progress is not None and epoch + 1 > done_epochs:
+                progress(epoch + 1 - done_epochs)
         finally:
             task.close()
     wall = time.perf_counter() - t0
@@ -654,76 +601,6 @@ def train_batched(configs: Sequence[RunConfig], callbacks: Sequence[Sequence[Cal
         meta.update(batch_size=R, batch_wall_time_s=wall, kernels=kernel_path)
         records.append(RunRecord(c, table, meta))
     return records
-
-
-def _next_run(order: Sequence[int], done: np.ndarray, busy: np.ndarray, epochs: int) -> int | None:
-    """The run a free worker steps next: of the runs neither busy nor finished, the one with the
-    fewest epochs done, the first in ``order`` among equals; None if there is none (the runs still
-    training are then busy on other workers, which carry them on)."""
-    free = [r for r in order if not busy[r] and done[r] < epochs]
-    return min(free, key=lambda r: done[r]) if free else None
-
-
-def _train_unsynced(task: _Modular, P: _Stack, G: _Stack, opt: StackedAdamW, buf: torch.Tensor, host: np.ndarray,
-                    is_rec: np.ndarray, lr_col: torch.Tensor, chunk: int,
-                    progress: Callable[[int], None] | None) -> None:
-    """Train every run of ``task`` to its last epoch with no barrier between epochs.
-
-    Runs are independent (own data, parameters and optimiser state), so each worker repeatedly
-    takes the free run that has done the fewest epochs (ties: ``task.queue_order``, longest first),
-    steps it one epoch (gradient, recorded row, AdamW step) and puts it back. No core then waits at
-    the end of an epoch for the other's last run, as in the synchronised loop (a 3-run batch on 2
-    workers: 1.5 runs of work per epoch and core instead of 2). Each run's operations and their
-    order are the synchronised loop's, so the records are bit-identical to it (tests check). The
-    calling thread copies the rows every run has recorded to ``host`` once per ``chunk`` epochs of
-    the slowest run, and reports progress in those epochs.
-    """
-    R, E = task.R, len(is_rec)
-    row_at = np.cumsum(is_rec) - 1  # a recorded epoch's row in buf
-    rows_upto = np.concatenate([[0], np.cumsum(is_rec)])  # epochs done by every run -> rows complete
-    done, busy = np.zeros(R, dtype=np.int64), np.zeros(R, dtype=bool)
-    cond = threading.Condition()
-    failed: list[BaseException] = []
-
-    def worker(w: _Work) -> None:
-        try:
-            while True:
-                with cond:
-                    r = None if failed else _next_run(task.queue_order, done, busy, E)
-                    if r is None:
-                        return
-                    busy[r] = True
-                e = int(done[r])
-                stats = task.run_step(w, r, P, G, bool(is_rec[e]))
-                with torch.no_grad():
-                    if stats is not None:
-                        torch.cat([G.run_norms(r), P.run_norms(r), stats, lr_col[r:r + 1]], out=buf[row_at[e], r])
-                    opt.step_run(r, G.flat)
-                with cond:
-                    done[r] += 1
-                    busy[r] = False
-                    cond.notify_all()
-        except BaseException as err:
-            with cond:
-                failed.append(err)
-                cond.notify_all()
-            raise
-
-    futures = [task.pool.submit(worker, w) for w in task.work]
-    reported = flushed = 0
-    while reported < E:
-        mark = min(E, (reported // chunk + 1) * chunk)
-        with cond:
-            cond.wait_for(lambda: bool(failed) or int(done.min()) >= mark)
-            if failed:
-                break
-            m = int(done.min())
-        flushed = _flush(buf, host, flushed, int(rows_upto[m]))
-        if progress is not None:
-            progress(m - reported)
-        reported = m
-    for f in futures:
-        f.result()  # a worker's error surfaces here
 
 
 def _flush(buf: torch.Tensor, host: np.ndarray, flushed: int, row: int) -> int:

@@ -141,32 +141,6 @@ def test_stacked_adamw_is_bit_identical_to_torch_adamw():
     assert all(torch.equal(a.detach(), b) for a, b in zip(torch_params[2], params[2]))  # lr 0: frozen
 
 
-def test_stacked_adamw_step_run_steps_one_run_like_torch_adamw():
-    """Runs stepped one at a time, interleaved and at different step counts (as the engine's workers
-    step them), each bit-identical to its own torch.optim.AdamW, reading only its own gradient rows."""
-    torch.manual_seed(1)
-    shapes, lrs, runs = [(37, 19), (19,), (11, 19), (11,)], [1e-3, 3e-2, 2e-3], 3
-    params = [[torch.randn(s) for s in shapes] for _ in range(runs)]
-    flat = torch.cat([torch.stack([params[r][k].reshape(-1) for r in range(runs)]).reshape(-1)
-                      for k in range(len(shapes))])
-    ours = StackedAdamW(flat, runs, [int(np.prod(s)) for s in shapes], lrs, weight_decay=0.1)
-    torch_params = [[p.clone().requires_grad_() for p in ps] for ps in params]
-    theirs = [torch.optim.AdamW(ps, lr=lr, weight_decay=0.1) for ps, lr in zip(torch_params, lrs)]
-    grad = torch.empty_like(flat)
-    schedule = [0, 1, 0, 2, 0, 0, 1, 2, 2, 0, 1] * 3  # run 0 runs ahead of the others
-    for r in schedule:
-        grad.fill_(float("nan"))  # other runs' rows: any value read from them would show
-        for k, block in enumerate(ours.views(grad)):
-            torch_params[r][k].grad = torch.randn(shapes[k]) * 10.0 ** torch.randint(-6, 1, ()).item()
-            block[r].copy_(torch_params[r][k].grad.reshape(-1))
-        ours.step_run(r, grad)
-        theirs[r].step()
-    assert list(ours.t_run) == [schedule.count(r) for r in range(runs)]
-    for k, view in enumerate(ours.views(flat)):
-        for r in range(runs):
-            assert torch.equal(view[r], torch_params[r][k].detach().reshape(-1)), (k, r)
-
-
 class HalveAt:
     """Halve the lr once, at a given epoch."""
 
@@ -245,71 +219,33 @@ def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
     assert torch.get_num_threads() == threads  # the workers' thread setting is undone
 
 
-def test_next_run_is_the_free_run_furthest_behind_first_in_queue_order():
-    from phaselib.engine import _next_run
-    order = [2, 0, 3, 1]  # largest train split first
-    done, busy = np.array([4, 4, 4, 4]), np.zeros(4, dtype=bool)
-    assert _next_run(order, done, busy, 10) == 2  # equals: queue order
-    busy[2] = True
-    assert _next_run(order, done, busy, 10) == 0
-    done[:] = [5, 5, 4, 5]  # run 2 is behind, but busy: take the next of the rest
-    assert _next_run(order, done, busy, 10) == 0
-    busy[2], done[:] = False, [5, 6, 4, 5]
-    assert _next_run(order, done, busy, 10) == 2
-    done[:] = [10, 10, 9, 10]  # finished runs are never taken
-    assert _next_run(order, done, busy, 10) == 2
-    busy[2] = True
-    assert _next_run(order, done, busy, 10) is None
-
-
-def test_workers_step_runs_without_a_barrier(kernel_path, monkeypatch):
-    """Two workers share an uneven batch with no barrier between epochs: every run steps each epoch
-    exactly once, the queue holds the largest train splits first, both workers' buffers serve, and
-    the records equal the synchronised loop's (one worker) bit for bit."""
+def test_workers_take_every_run_once_per_step_longest_first(kernel_path, monkeypatch):
+    """Two workers share an uneven batch through one queue: each step computes every run exactly
+    once, the queue holds the largest train splits first, and the records equal one worker's bit
+    for bit."""
     from phaselib import engine
     cfgs = [c.replace(threads=2, epochs=4) for c in mixed_batch(epochs=4)]
     taken: list[tuple[int, int]] = []
-    orders: list[list[int]] = []
-    step, driver, drivers = engine._Modular.run_step, engine._train_unsynced, []
+    method = "_run_native" if kernel_path == "native" else "_run_torch"
+    original = getattr(engine._Modular, method)
+    orders = []
 
     def spy(self, w, r, P, G, record):
         taken.append((self.work.index(w), r))
         orders.append(self.queue_order)
-        return step(self, w, r, P, G, record)
+        original(self, w, r, P, G, record)
 
-    def spy_driver(*args, **kwargs):
-        drivers.append(True)
-        return driver(*args, **kwargs)
-
-    monkeypatch.setattr(engine._Modular, "run_step", spy)
-    monkeypatch.setattr(engine, "_train_unsynced", spy_driver)
+    monkeypatch.setattr(engine._Modular, method, spy)
     recs = train_batched(cfgs)
-    assert drivers == [True]
-    assert sorted(r for _, r in taken) == sorted(list(range(len(cfgs))) * 4)
-    assert {w for w, _ in taken} == {0, 1}
+    R = len(cfgs)
+    assert len(taken) == 4 * R
+    for step in range(4):  # steps do not overlap: the engine waits for both workers
+        assert sorted(r for _, r in taken[step * R:(step + 1) * R]) == list(range(R))
     fracs = [cfgs[r].frac for r in orders[0]]
-    assert sorted(orders[0]) == list(range(len(cfgs))) and fracs == sorted(fracs, reverse=True)
+    assert sorted(orders[0]) == list(range(R)) and fracs == sorted(fracs, reverse=True)
+    assert {w for w, _ in taken} <= {0, 1}  # two workers' buffers, whichever is free
     alone = train_batched([c.replace(threads=1) for c in cfgs])
-    assert drivers == [True]  # one worker: the synchronised loop
     assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
-
-
-def test_a_failing_worker_stops_the_batch_with_its_error(kernel_path, monkeypatch):
-    """An error in one run's step, on a worker thread, reaches the caller (no hang, no partial records)."""
-    from phaselib import engine
-    original = engine._Modular.run_step
-    calls = []
-
-    def failing(self, w, r, P, G, record):
-        calls.append(r)
-        if len(calls) == 7:
-            raise FloatingPointError("run 7 of the schedule")
-        return original(self, w, r, P, G, record)
-
-    monkeypatch.setattr(engine._Modular, "run_step", failing)
-    with pytest.raises(FloatingPointError, match="run 7"):
-        train_batched([c.replace(threads=2, epochs=5) for c in mixed_batch(epochs=5)])
-    assert len(calls) <= 8  # the other worker stops after the step it was in
 
 
 def test_rejects_runs_of_different_batch_keys():
