@@ -167,15 +167,6 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
     return gradient, matvec
 
 
-def _closed_hvp(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
-                layer: str | None) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """Gradient and product of :func:`_mlp_ce_hvp` (the whole model, or ``layer``'s diagonal block)."""
-    if not _closed_form_applies(model, loss_fn):
-        raise ValueError("method: 'closed' is invalid for this model or loss; allowed: the phaselib MLP "
-                         "under torch.nn.functional.cross_entropy")
-    return _mlp_ce_hvp(model, x, y, layer)
-
-
 def _func_hvp(g_fn: Callable[[Tensor], Tensor], theta: Tensor,
               method: str) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """Gradient and ``v -> H v`` as the derivative of ``g_fn`` at theta, by ``torch.func`` (see below)."""
@@ -210,7 +201,10 @@ def hessian_operator(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, la
     if method == "auto":
         method = "closed" if _closed_form_applies(model, loss_fn) else "vjp"
     if method == "closed":
-        gradient, matvec = _closed_hvp(model, loss_fn, x, y, layer)
+        if not _closed_form_applies(model, loss_fn):
+            raise ValueError("method: 'closed' is invalid for this model or loss; allowed: the phaselib MLP "
+                             "under torch.nn.functional.cross_entropy")
+        gradient, matvec = _mlp_ce_hvp(model, x, y, layer)
     elif method in ("vjp", "linearize", "jvp"):
         gradient, matvec = _func_hvp(grad(_flat_loss(model, loss_fn, x, y, names)), theta, method)
     else:

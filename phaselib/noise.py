@@ -102,8 +102,8 @@ def _mlp_sq_norms(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> di
     """
     if not is_paper_mlp(model) or loss_fn not in (F.cross_entropy, F.mse_loss):
         return None
-    (_, _, W2, _), a, h, out = mlp_forward(model, x, torch.float64)
     xd = x.double()
+    (_, _, W2, _), a, h, out = mlp_forward(model, xd, torch.float64)  # xd is cast once, here
     if loss_fn is F.cross_entropy:
         d = torch.softmax(out, 1)
         d[torch.arange(len(y), device=d.device), y] -= 1.0
