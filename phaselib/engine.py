@@ -22,9 +22,11 @@ oracle of the tests) computes, exactly up to float32 rounding order:
   scatter-add) run as C loops that finish each row in cache (:mod:`phaselib.kernels`); the torch
   operations they replace stay as the fallback (``PHASELIB_KERNELS=torch``, other devices, or no
   C compiler), and both paths are tested against the reference.
-- **Threads.** On the CPU a modular batch shares its runs between ``min(threads, R)`` worker
-  threads running single-threaded operations (see :class:`_Modular`); the regression control,
-  whose tensors are small, steps its runs one after the other (see :class:`_Regression`).
+- **Threads.** On the CPU a modular batch shares its runs between worker threads running
+  single-threaded operations; with the C kernels, the runs left over when R is not a multiple of
+  the thread count are split into blocks (forward rows, backward halves) so that no core idles (see
+  :class:`_Modular`); the regression control, whose tensors are small, steps its runs one after
+  the other (see :class:`_Regression`).
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
@@ -270,16 +272,27 @@ class _Modular(_Task):
     one (longest first) when it is free and running single-threaded operations on its own
     buffers: runs are independent, so this needs no synchronisation inside a step beyond taking
     a run, and a run's numbers do not depend on the other runs of the batch or on which worker
-    computes it. (A batch with fewer runs than threads gives the spare threads to the
-    operations; MKL's matmuls gave bit-identical results on 1 and 2 threads here, which the
-    tests check, but that is a property of the library, not of this code.)
+    computes it.
+
+    Whole runs leave cores idle when R is not a multiple of the workers (3 runs on 2 workers:
+    one worker takes two, the other waits a whole run). With the C kernels, the engine splits
+    the ``R % workers`` leftover ("tail") runs between the workers: their forward pass into row
+    blocks (rows are independent), then, once all of a run's rows are done, their backward pass
+    into its two independent halves (dW2 and db2; dh and the first-layer gradient). The backward
+    halves are the whole run's calls; the row blocks are the same matmul and kernels on slices,
+    and MKL's matmuls gave bit-identical results for row blocks (as on 1 or 2 threads), so a tail
+    run computes the same numbers as a whole one. The tests check this here, but it is a
+    property of the library, not of this code. (Splitting the backward GEMMs themselves was
+    measured no faster on 2 cores: each half still streams all of dz.) A batch with fewer runs than
+    threads gives the spare threads to each run's operations instead (measured faster, for one
+    run on 2 threads, than splitting the run: 5.1 against 5.8 ms per epoch).
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
     rows make the matmul kernel markedly faster. Gradients are taken from the unpadded view.
     """
 
-    def __init__(self, data: Sequence[Dataset], device: torch.device, width: int, workers: int = 1) -> None:
+    def __init__(self, data: Sequence[Dataset], device: torch.device, width: int, threads: int = 1) -> None:
         super().__init__(data, device)
         p, two_p, N, M = data[0].modulus, data[0].in_dim, self.N, self.M
         self.p = p
@@ -298,12 +311,16 @@ class _Modular(_Task):
                 kernels.check_index(p, y)
         self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
-        workers = max(1, min(workers, self.R)) if device.type == "cpu" else 1
+        workers = max(1, min(threads, self.R)) if device.type == "cpu" else 1
+        self.workers = workers
         P8 = -(-p // 8) * 8
-        self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
         # largest train split first (every run's forward covers the same N rows; its backward, n rows);
         # each worker takes the next run when it is free, which balances uneven batches
         self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
+        n_tail = self.R % workers if self.native and workers > 1 else 0
+        self.whole, self.tail = self.queue_order[:self.R - n_tail], self.queue_order[self.R - n_tail:]
+        self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
+        self.tail_work = [_Work(p, P8, width, N, M, device, table=False) for _ in self.tail]
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
         self._next = threading.Lock()
 
@@ -326,30 +343,46 @@ class _Modular(_Task):
         return src[order].to(device), offsets.to(device)
 
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
+        run = self._run_native if self.native else self._run_torch
+        jobs = [(run, None, (r, P, G, record)) for r in self.whole]
         if self.pool is None:
-            self._runs(self.work[0], iter(range(self.R)), P, G, record)
+            self._jobs(self.work[0], iter(jobs))
         else:
-            queue = iter(self.queue_order)
-            futures = [self.pool.submit(self._runs, w, queue, P, G, record) for w in self.work]
-            for f in futures:
-                f.result()
+            tails = list(zip(self.tail_work, self.tail))
+            for w, r in tails:  # forward row blocks fill the cores once the whole runs are taken
+                self._load(w, r, P)
+                rows = self.N if record else self.ntr[r]
+                bounds = [rows * i // self.workers // 8 * 8 for i in range(self.workers)] + [rows]
+                jobs += [(self._forward_rows, w, (r, lo, hi, record)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+            self._parallel(jobs)
+            if tails:  # a run's backward needs all of its rows' forward
+                self._parallel([(m, w, (r, G)) for w, r in tails for m in (self._hidden_grads, self._output_grads)])
         self._mean(G)
         if not record:
             return None
         loss, acc = self._split_sums(self.nll), self._split_sums(self.correct.float())
         return torch.cat([loss / self.counts, acc / self.counts], 1)
 
-    def _runs(self, w: _Work, queue: Iterator[int], P: _Stack, G: _Stack, record: bool) -> None:
-        """Gradient sums (and per-row losses/hits if ``record``) of the runs this worker takes from
-        ``queue`` (shared by the workers), on buffers ``w``. A run's numbers do not depend on the worker."""
-        run = self._run_native if self.native else self._run_torch
+    def _parallel(self, jobs: list) -> None:
+        """Run ``jobs`` on the workers, each taking the next one when it is free; return when all are done."""
+        queue = iter(jobs)
+        futures = [self.pool.submit(self._jobs, w, queue) for w in self.work]
+        for f in futures:
+            f.result()
+
+    def _jobs(self, w: _Work, queue: Iterator[tuple]) -> None:
+        """Run the jobs ``(method, buffers, args)`` this worker takes from ``queue`` (shared by the
+        workers) as ``method(buffers, *args)``: a whole run's step (buffers None: the worker's own,
+        ``w``), or a block of a tail run (on that run's own buffers). A run's numbers do not depend
+        on the worker."""
         with torch.no_grad():  # grad mode is per thread
             while True:
                 with self._next:
-                    r = next(queue, None)
-                if r is None:
+                    job = next(queue, None)
+                if job is None:
                     return
-                run(w, r, P, G, record)
+                method, buffers, args = job
+                method(w if buffers is None else buffers, *args)
 
     def _load(self, w: _Work, r: int, P: _Stack) -> None:
         """Run ``r``'s weights into the worker's layouts: first-layer columns with b1 folded into
@@ -361,13 +394,12 @@ class _Modular(_Task):
         w.W2T[H, :p].copy_(P.b2[r])
         w.W2.copy_(P.W2T[r].T)
 
-    def _output_grads(self, w: _Work, r: int, h: torch.Tensor, dz: torch.Tensor, G: _Stack) -> torch.Tensor:
-        """dW2 and db2 (the constant unit's row of h^T dz) into ``G``; returns dh = dz W2."""
-        H, n = w.dh.shape[1], dz.shape[0]
-        torch.mm(h[:n].T, dz, out=w.dW2)
+    def _output_grads(self, w: _Work, r: int, G: _Stack) -> None:
+        """dW2 and db2 (the constant unit's row of h^T dz) of run ``r`` from its train rows in ``w``, into ``G``."""
+        H, n = w.dh.shape[1], self.ntr[r]
+        torch.mm(w.h[:n].T, w.dz[:n], out=w.dW2)
         G.W2T[r].copy_(w.dW2[:H])
         G.b2[r].copy_(w.dW2[H])
-        return torch.mm(dz, w.W2, out=w.dh[:n])
 
     def _run_torch(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
         """One run's step on torch operations (any device)."""
@@ -393,7 +425,8 @@ class _Modular(_Task):
             torch.log(s, out=nll).sub_(zl).add_(zmax)
         dz = torch.div(e[:n, :p], s[:n], out=w.dz[:n])  # softmax of the train rows
         dz.scatter_add_(1, y[:n], w.neg_one[:n])  # softmax - onehot: n * dloss/dz
-        dh = self._output_grads(w, r, h, dz, G)  # backward over the train rows
+        self._output_grads(w, r, G)  # backward over the train rows
+        dh = torch.mm(dz, w.W2, out=w.dh[:n])
         torch.ops.aten.threshold_backward.grad_input(dh, h[:n, :H], 0.0, grad_input=dh)  # * ReLU'(pre)
         src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
         G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))
@@ -406,18 +439,28 @@ class _Modular(_Task):
         (no table, no gather), the loss/accuracy/softmax gradient come from one pass per row, and
         the ReLU mask and the first-layer scatter-add from one pass over the train rows.
         """
-        p, N, n = self.p, self.N, self.ntr[r]
-        rows = N if record else n
         self._load(w, r, P)
-        h = w.h[:rows]
-        kernels.hidden_rows(w.E, self.ia[r], self.ib[r], h, check=False)
-        z = torch.mm(h, w.W2T, out=w.z[:rows])
-        dz = w.dz[:n]
-        kernels.xent_rows(z, p, n, self.y[r], EXP_FLOOR, self.nll[r] if record else None,
-                          self.correct[r] if record else None, dz, check=False, shift=w.zl[:rows, 0])
-        dh = self._output_grads(w, r, h, dz, G)
-        kernels.scatter_hidden_grad(dh, h[:n], self.ia[r], self.ib[r], G.E1[r], check=False)
-        torch.sum(G.E1[r, :p], 0, out=G.b1[r])
+        self._forward_rows(w, r, 0, self.N if record else self.ntr[r], record)
+        self._output_grads(w, r, G)
+        self._hidden_grads(w, r, G)
+
+    def _forward_rows(self, w: _Work, r: int, lo: int, hi: int, record: bool) -> None:
+        """Rows ``[lo, hi)`` of run ``r``'s forward pass on ``w``: hidden layer, logits, and from them
+        the per-row loss and hit (if ``record``) and the softmax gradient of the train rows among them."""
+        h = w.h[lo:hi]
+        kernels.hidden_rows(w.E, self.ia[r][lo:hi], self.ib[r][lo:hi], h, check=False)
+        z = torch.mm(h, w.W2T, out=w.z[lo:hi])
+        nt = max(0, min(self.ntr[r], hi) - lo)  # train rows in the block
+        kernels.xent_rows(z, self.p, nt, self.y[r, lo:hi], EXP_FLOOR, self.nll[r, lo:hi] if record else None,
+                          self.correct[r, lo:hi] if record else None, w.dz[lo:lo + nt], check=False,
+                          shift=w.zl[lo:hi, 0])
+
+    def _hidden_grads(self, w: _Work, r: int, G: _Stack) -> None:
+        """dh = dz W2, then the first-layer gradient (ReLU mask and scatter-add) and b1's, of run ``r`` into ``G``."""
+        n = self.ntr[r]
+        dh = torch.mm(w.dz[:n], w.W2, out=w.dh[:n])
+        kernels.scatter_hidden_grad(dh, w.h[:n], self.ia[r], self.ib[r], G.E1[r], check=False)
+        torch.sum(G.E1[r, :self.p], 0, out=G.b1[r])
 
 
 class _Regression(_Task):
@@ -474,9 +517,8 @@ def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.dev
         task: _Task = _Regression(data, device, c0.width)
     else:
         threads = torch.get_num_threads()
-        workers = min(threads, len(cfgs)) if device.type == "cpu" else 1
-        torch.set_num_threads(max(1, threads // workers))
-        task = _Modular(data, device, c0.width, workers)
+        task = _Modular(data, device, c0.width, threads)
+        torch.set_num_threads(max(1, threads // task.workers))
     P = _Stack(_Shape(d0.in_dim, c0.width, d0.out_dim), len(cfgs), device)
     for r, (c, d) in enumerate(zip(cfgs, data)):
         P.load(r, make_model(d.in_dim, c.width, d.out_dim, c.seed))

@@ -217,6 +217,48 @@ def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
     two = train_batched([c.replace(threads=2) for c in cfgs])
     assert all(a.table.equals(b.table) for a, b in zip(two, together))
     assert torch.get_num_threads() == threads  # the workers' thread setting is undone
+    for k in (3, 5):  # an odd batch on two workers: with the kernels, the leftover run is split between them
+        odd = train_batched([c.replace(threads=2) for c in cfgs[:k]])
+        assert all(a.table.equals(b.table) for a, b in zip(odd, together[:k]))
+
+
+def test_leftover_run_is_split_between_the_workers(monkeypatch):
+    """3 runs on 2 workers: two whole runs, and the third split into forward row blocks (on
+    multiples of 8 rows, covering the table once per step) and its backward's two halves, on its
+    own buffers, with records equal to one worker's bit for bit."""
+    if kernels.library() is None:
+        pytest.skip("native kernels did not build here")
+    monkeypatch.setenv("PHASELIB_KERNELS", "native")
+    from phaselib import engine
+    cfgs = [c.replace(threads=2, epochs=3) for c in mixed_batch(p=23, epochs=3)[:3]]
+    calls: dict[str, list] = {}
+    methods = ("_run_native", "_forward_rows", "_output_grads", "_hidden_grads")
+
+    def spy(method):
+        original = getattr(engine._Modular, method)
+
+        def f(self, w, r, *args):  # (split or whole, run, other arguments)
+            calls.setdefault(method, []).append((w in self.tail_work, r, args))
+            return original(self, w, r, *args)
+        return f
+
+    for method in methods:
+        monkeypatch.setattr(engine._Modular, method, spy(method))
+    recs = train_batched(cfgs)
+    tail = min(range(3), key=lambda r: cfgs[r].frac)  # the smallest run is left over
+    whole = [r for split, r, _ in calls["_run_native"]]
+    assert sorted(whole) == sorted([r for r in range(3) if r != tail] * 3) and not any(s for s, _, _ in calls["_run_native"])
+    for method in methods[1:]:  # inside whole runs, on the workers' buffers; the split run's on its own
+        assert sorted(r for split, r, _ in calls[method] if not split) == sorted(whole)
+        assert {r for split, r, _ in calls[method] if split} == {tail}
+    fwd = [args for split, _, args in calls["_forward_rows"] if split]
+    assert len(fwd) == 6
+    for step in range(3):  # every epoch is recorded here: the blocks cover the whole table
+        (lo0, hi0, _), (lo1, hi1, _) = sorted(fwd[2 * step:2 * step + 2])
+        assert lo0 == 0 and hi0 == lo1 and hi1 == 23 * 23 and hi0 % 8 == 0
+    assert sum(split for split, _, _ in calls["_output_grads"]) == sum(split for split, _, _ in calls["_hidden_grads"]) == 3
+    alone = train_batched([c.replace(threads=1) for c in cfgs])
+    assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
 
 
 def test_workers_take_every_run_once_per_step_longest_first(kernel_path, monkeypatch):
