@@ -24,7 +24,7 @@ oracle of the tests) computes, exactly up to float32 rounding order:
   C compiler), and both paths are tested against the reference.
 - **Threads.** On the CPU a modular batch shares its runs between worker threads running
   single-threaded operations; with the C kernels, the runs left over when R is not a multiple of
-  the thread count are split into blocks (forward rows, backward halves) so that no core idles (see
+  the thread count are split into blocks (forward rows, backward halves) so that cores idle less (see
   :class:`_Modular`); the regression control, whose tensors are small, steps its runs one after
   the other (see :class:`_Regression`).
 
@@ -67,6 +67,10 @@ EXP_FLOOR = -80.0
 confident late-training logits land there. exp(-80) = 1.8e-35, so a clamped class's probability
 stays below 2e-35 instead of ~0: invisible next to a row sum >= 1 in float32, and it keeps the
 softmax gradient out of the subnormal range, where matmuls slow down too."""
+
+MIN_BLOCK_ROWS = 64
+"""A split run's forward row blocks have at least about this many rows (56 after rounding to 8):
+MKL rounds matmuls of a few rows (<= 11 seen here) differently from the same rows of a larger one."""
 
 # ------------------------------------------------------------------ optimiser
 
@@ -235,7 +239,8 @@ class _Task:
 
 
 class _Work:
-    """One worker's buffers for the modular step of one run (reused by every run it processes).
+    """Buffers for the modular step of one run: a worker's (reused by every whole run it processes) or
+    a split run's own.
 
     The hidden layer carries a constant unit (column ``width``: 0.5 + 0.5 = 1 after the gather)
     whose output weights are b2, so the matmuls add the output bias and sum its gradient without
@@ -268,24 +273,26 @@ class _Modular(_Task):
     Each run goes through forward, loss and backward on its own (one run's tensors are large
     enough to keep a core busy per operation), writing its gradient into the stacked buffer and
     its per-row losses into stacked tables; the optimiser, norms and signals then work on the
-    stack. With ``workers`` > 1 (CPU), that many threads share the runs, each taking the next
-    one (longest first) when it is free and running single-threaded operations on its own
-    buffers: runs are independent, so this needs no synchronisation inside a step beyond taking
-    a run, and a run's numbers do not depend on the other runs of the batch or on which worker
-    computes it.
+    stack. With ``workers = min(threads, R)`` > 1 (CPU), that many threads share the runs, each
+    taking the next one (longest first) when it is free and running single-threaded operations
+    on its own buffers: runs are independent, so this needs no synchronisation inside a step
+    beyond taking a run, and a run's numbers do not depend on the other runs of the batch or on
+    which worker computes it.
 
     Whole runs leave cores idle when R is not a multiple of the workers (3 runs on 2 workers:
     one worker takes two, the other waits a whole run). With the C kernels, the engine splits
     the ``R % workers`` leftover ("tail") runs between the workers: their forward pass into row
-    blocks (rows are independent), then, once all of a run's rows are done, their backward pass
-    into its two independent halves (dW2 and db2; dh and the first-layer gradient). The backward
-    halves are the whole run's calls; the row blocks are the same matmul and kernels on slices,
-    and MKL's matmuls gave bit-identical results for row blocks (as on 1 or 2 threads), so a tail
-    run computes the same numbers as a whole one. The tests check this here, but it is a
-    property of the library, not of this code. (Splitting the backward GEMMs themselves was
-    measured no faster on 2 cores: each half still streams all of dz.) A batch with fewer runs than
-    threads gives the spare threads to each run's operations instead (measured faster, for one
-    run on 2 threads, than splitting the run: 5.1 against 5.8 ms per epoch).
+    blocks (rows are independent; blocks of at least about :data:`MIN_BLOCK_ROWS` rows), then,
+    once all of a run's rows are done, their backward pass into its two independent halves (dW2
+    and db2; dh and the first-layer gradient). The backward halves are the whole run's calls;
+    the row blocks are the same matmul and kernels on slices, and MKL's single-threaded matmuls
+    gave bit-identical results for row blocks of 12 rows or more (as on 1 or 2 threads), so a
+    tail run computes the same numbers as a whole one. The tests check this on a few shapes,
+    but it is a property of the library, not of this code. (Splitting the backward GEMMs
+    themselves was measured no faster on 2 cores: each half still streams all of dz.) A batch
+    with fewer runs than threads gives the spare threads to each run's operations instead
+    (measured faster, for one run on 2 threads, than splitting the run: 5.1 against 5.8 ms per
+    epoch).
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
@@ -321,7 +328,10 @@ class _Modular(_Task):
         self.whole, self.tail = self.queue_order[:self.R - n_tail], self.queue_order[self.R - n_tail:]
         self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
         self.tail_work = [_Work(p, P8, width, N, M, device, table=False) for _ in self.tail]
-        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        # torch.set_num_threads reaches the calling thread's OpenMP setting only: a plain pool thread
+        # would run MKL on every core (and small matmuls then round differently), so each worker sets it
+        self.pool = (ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
+                                        initargs=(max(1, threads // workers),)) if workers > 1 else None)
         self._next = threading.Lock()
 
     def close(self) -> None:
@@ -352,7 +362,8 @@ class _Modular(_Task):
             for w, r in tails:  # forward row blocks fill the cores once the whole runs are taken
                 self._load(w, r, P)
                 rows = self.N if record else self.ntr[r]
-                bounds = [rows * i // self.workers // 8 * 8 for i in range(self.workers)] + [rows]
+                k = max(1, min(self.workers, rows // MIN_BLOCK_ROWS))
+                bounds = [rows * i // k // 8 * 8 for i in range(k)] + [rows]
                 jobs += [(self._forward_rows, w, (r, lo, hi, record)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
             self._parallel(jobs)
             if tails:  # a run's backward needs all of its rows' forward

@@ -261,6 +261,25 @@ def test_leftover_run_is_split_between_the_workers(monkeypatch):
     assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
 
 
+@pytest.mark.parametrize("p, fracs, threads, record_every", [
+    (11, [0.5, 0.7, 0.9, 0.3, 0.5, 0.085], 5, 1),  # a 10-row tail backward: on an unset pool thread MKL rounds it differently
+    (11, [0.5, 0.7, 0.9, 0.3, 0.15], 3, 3),  # two tail runs, tables too small to split the rows
+    (23, [0.5, 0.7, 0.9, 0.3, 0.05], 3, 3),  # two tails; unrecorded epochs split the 30% run's train rows in two
+])
+def test_odd_batches_on_several_workers_equal_one_worker(p, fracs, threads, record_every, monkeypatch):
+    """Any thread count, any number of leftover runs, recorded or not: bit for bit one worker's records."""
+    if kernels.library() is None:
+        pytest.skip("native kernels did not build here")
+    monkeypatch.setenv("PHASELIB_KERNELS", "native")
+    ops = ["add", "sub", "mul"]
+    cfgs = [RunConfig(modulus=p, operation=ops[i % 3], frac=f, seed=i + 1, epochs=6, width=32, engine="batched",
+                      record_every=record_every, **ONE) for i, f in enumerate(fracs)]
+    assert len(cfgs) % threads  # leftover runs to split
+    alone = train_batched(cfgs)
+    split = train_batched([c.replace(threads=threads) for c in cfgs])
+    assert all(a.table.equals(b.table) for a, b in zip(split, alone))
+
+
 def test_workers_take_every_run_once_per_step_longest_first(kernel_path, monkeypatch):
     """Two workers share an uneven batch through one queue: each step computes every run exactly
     once, the queue holds the largest train splits first, and the records equal one worker's bit
