@@ -232,14 +232,20 @@ def test_leftover_run_is_split_between_the_workers(monkeypatch):
     from phaselib import engine
     cfgs = [c.replace(threads=2, epochs=3) for c in mixed_batch(p=23, epochs=3)[:3]]
     calls: dict[str, list] = {}
+    events: list[tuple[str, str]] = []  # the split run's pieces starting and ending, in time order
     methods = ("_run_native", "_forward_rows", "_output_grads", "_hidden_grads")
 
     def spy(method):
         original = getattr(engine._Modular, method)
 
         def f(self, w, r, *args):  # (split or whole, run, other arguments)
-            calls.setdefault(method, []).append((w in self.tail_work, r, args))
-            return original(self, w, r, *args)
+            split = w in self.tail_work
+            calls.setdefault(method, []).append((split, r, args))
+            if split:
+                events.append(("start", method))
+            original(self, w, r, *args)
+            if split:
+                events.append(("end", method))
         return f
 
     for method in methods:
@@ -257,6 +263,13 @@ def test_leftover_run_is_split_between_the_workers(monkeypatch):
         (lo0, hi0, _), (lo1, hi1, _) = sorted(fwd[2 * step:2 * step + 2])
         assert lo0 == 0 and hi0 == lo1 and hi1 == 23 * 23 and hi0 % 8 == 0
     assert sum(split for split, _, _ in calls["_output_grads"]) == sum(split for split, _, _ in calls["_hidden_grads"]) == 3
+    fwd_done = bwd_started = 0  # a backward half starts only once both of its step's forward blocks have ended
+    for kind, method in events:
+        if kind == "end" and method == "_forward_rows":
+            fwd_done += 1
+        elif kind == "start" and method != "_forward_rows":
+            assert fwd_done >= 2 * (bwd_started // 2 + 1)
+            bwd_started += 1
     alone = train_batched([c.replace(threads=1) for c in cfgs])
     assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
 
