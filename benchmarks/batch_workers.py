@@ -25,7 +25,6 @@ trained for ``--epochs`` epochs.
 """
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +40,7 @@ from phaselib.executors import _mp_context, batches  # noqa: E402
 from phaselib.params import load  # noqa: E402
 from phaselib.record import RunRecord  # noqa: E402
 from phaselib.sweep import all_configs, study_groups  # noqa: E402
-from train_throughput import Stamps, slice_args, write_json  # noqa: E402
+from train_throughput import Stamps, medians, slice_args, write_json  # noqa: E402
 
 
 def deal(cfgs: Sequence[RunConfig], parts: int) -> list[list[RunConfig]]:
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "processes_over_threads": p_ms / t_ms})
             print(f"repeat {i + 1}/{args.repeats}: threads {t_ms:.2f} ms/run-epoch, processes {p_ms:.2f} "
                   f"(processes/threads {p_ms / t_ms:.2f})", flush=True)
-    med = {k: statistics.median(r[k] for r in reps) for k in reps[0]}
+    med = medians(reps)
     result = {"workload": (f"the largest batch of {args.params.name} ({len(cfgs)} runs), {args.epochs} epochs each, "
                            f"the first {args.warmup} untimed, on {args.threads} worker threads / processes"),
               "runs": len(cfgs), "epochs_per_run": args.epochs, "warmup": args.warmup, "workers": args.threads,

@@ -23,10 +23,10 @@ batched: the part of the engine's time that these GEMMs alone would take; 1 - ge
 what removing every other cost could still save).
 
 JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``,
-``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share`` and ``gemm_gflops`` (= ``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts
-the FLOPs of the padded shapes above (the engine's real work; train_throughput.py counts the
-unpadded model's, 64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's
-figures, with ``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
+``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share`` and ``gemm_gflops`` (=
+``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts the FLOPs of the
+padded shapes above (the engine's real work; train_throughput.py counts the unpadded model's,
+64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's figures, with ``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
 """
 from __future__ import annotations
 
@@ -42,18 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phaselib.config import RunConfig  # noqa: E402
+from phaselib.engine import padded_classes  # noqa: E402
 from phaselib.train import make_dataset, train_reference  # noqa: E402
-from train_throughput import intra_and_streams, ms_per_pass, time_batched, time_reference, write_json  # noqa: E402
-
-
-def padded(p: int) -> int:
-    """Logit columns of the engine: p rounded up to a multiple of 8 (engine._Modular)."""
-    return -(-p // 8) * 8
+from train_throughput import (intra_and_streams, medians, ms_per_pass, time_batched, time_reference,  # noqa: E402
+                              write_json)
 
 
 def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], object]]:
     """The engine's three output-layer GEMMs on random data, as zero-argument calls."""
-    P8 = padded(p)
+    P8 = padded_classes(p)
     h, W2T, z = torch.randn(N, H + 1).relu_(), torch.randn(H + 1, P8), torch.empty(N, P8)
     dz, dW2 = torch.randn(n, p), torch.empty(H + 1, p)
     W2, dh = torch.randn(p, H), torch.empty(n, H)
@@ -86,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = RunConfig(modulus=97, frac=args.frac, seed=42, epochs=args.epochs, engine="reference", threads=threads)
     d = make_dataset(cfg)
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
-    flop = 2 * N * (H + 1) * padded(p) + 2 * n * (H + 1) * p + 2 * n * p * H
+    flop = 2 * N * (H + 1) * padded_classes(p) + 2 * n * (H + 1) * p + 2 * n * p * H
     copies = [cfg.replace(seed=42 + k, engine="batched") for k in range(max(1, threads))]
     train_reference(cfg.replace(epochs=3))  # warm both paths (allocator, first kernel calls, C kernels' build)
     time_batched([[c.replace(epochs=3) for c in copies]], 1)
@@ -104,9 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{f['floor_ms']:.2f} ms ({flop / f['floor_ms'] / 1e6:.0f} GFLOP/s) -> max speedup "
               f"x{ref_ms / f['floor_ms']:.1f}, engine x{ref_ms / bat_ms:.1f}, GEMM share of the engine's time "
               f"{f['floor_ms'] / bat_ms:.2f}", flush=True)
-    med = {k: statistics.median(r[k] for r in reps) for k in ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch",
-                                                               "floor_ms", "max_speedup", "speedup", "gemm_share",
-                                                               "gemm_gflops")}
+    med = medians(reps, ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "floor_ms", "max_speedup",
+                         "speedup", "gemm_share", "gemm_gflops"))
     result = {"workload": f"p=97, width {H}, frac {args.frac}: N={N} table rows, n={n} train rows",
               "threads": threads, "gemm_gflop_per_run_epoch": flop / 1e9, **med, "per_repeat": reps}
     print(f"medians of {args.repeats}: reference {med['reference_ms_per_run_epoch']:.2f} ms/run-epoch, GEMM floor "

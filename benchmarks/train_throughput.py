@@ -236,6 +236,11 @@ def agreement(ref: Sequence, bat: Sequence) -> float:
     return worst
 
 
+def medians(reps: Sequence[dict], keys: Sequence[str] | None = None) -> dict:
+    """Median over repeats of each of ``keys`` (default: every key of the first repeat)."""
+    return {k: statistics.median(r[k] for r in reps) for k in (reps[0] if keys is None else keys)}
+
+
 def write_json(path: Path | None, result: dict) -> None:
     """Write a benchmark's result as indented JSON (nothing without a path)."""
     if path is not None:
@@ -318,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"(x{ref_ms / bat_ms:.1f}){ops}; {achieved:.1f} GFLOP/s = {achieved / sg:.2f} of sgemm {sg:.1f}",
               flush=True)
 
-    med = {k: statistics.median(r[k] for r in reps) for k in reps[0] if k != "per_batch"}
+    med = medians(reps, [k for k in reps[0] if k != "per_batch"])
     med_batches = [{k: (v if isinstance(v, (str, int)) else statistics.median(r["per_batch"][j][k] for r in reps))
                     for k, v in b.items()} for j, b in enumerate(reps[0]["per_batch"])]
     for peak, frac in (("sgemm_gflops", "roofline_fraction"), ("sgemm_square_gflops", "roofline_fraction_square")):

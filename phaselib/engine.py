@@ -68,6 +68,11 @@ confident late-training logits land there. exp(-80) = 1.8e-35, so a clamped clas
 stays below 2e-35 instead of ~0: invisible next to a row sum >= 1 in float32, and it keeps the
 softmax gradient out of the subnormal range, where matmuls slow down too."""
 
+def padded_classes(p: int) -> int:
+    """Logit columns of the modular step: ``p`` rounded up to a multiple of 8 (see :class:`_Modular`)."""
+    return -(-p // 8) * 8
+
+
 MIN_BLOCK_ROWS = 64
 """A split run's forward row blocks have at least about this many rows (56 after rounding to 8):
 MKL rounds matmuls of a few rows (<= 11 seen here) differently from the same rows of a larger one."""
@@ -290,9 +295,8 @@ class _Modular(_Task):
     tail run computes the same numbers as a whole one. The tests check this on a few shapes,
     but it is a property of the library, not of this code. (Splitting the backward GEMMs
     themselves was measured no faster on 2 cores: each half still streams all of dz.) A batch
-    with fewer runs than threads gives the spare threads to each run's operations instead
-    (measured faster, for one run on 2 threads, than splitting the run: 5.1 against 5.8 ms per
-    epoch).
+    with fewer runs than threads gives the spare threads to each run's operations instead (for
+    one run on 2 threads this measured faster than splitting the run).
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
@@ -320,7 +324,7 @@ class _Modular(_Task):
         self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
         workers = max(1, min(threads, self.R)) if device.type == "cpu" else 1
         self.workers = workers
-        P8 = -(-p // 8) * 8
+        P8 = padded_classes(p)
         # largest train split first (every run's forward covers the same N rows; its backward, n rows);
         # each worker takes the next run when it is free, which balances uneven batches
         self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
