@@ -274,18 +274,19 @@ def test_leftover_run_is_split_between_the_workers(monkeypatch):
     assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
 
 
-@pytest.mark.parametrize("p, fracs, threads, record_every", [
-    (11, [0.5, 0.7, 0.9, 0.3, 0.5, 0.085], 5, 1),  # a 10-row tail backward: on an unset pool thread MKL rounds it differently
-    (11, [0.5, 0.7, 0.9, 0.3, 0.15], 3, 3),  # two tail runs, tables too small to split the rows
-    (23, [0.5, 0.7, 0.9, 0.3, 0.05], 3, 3),  # two tails; unrecorded epochs split the 30% run's train rows in two
+@pytest.mark.parametrize("p, width, fracs, threads, record_every", [
+    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.5, 0.085], 5, 1),  # a 10-row tail backward: on an unset pool thread MKL rounds it differently
+    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.15], 3, 3),  # two tail runs, tables too small to split the rows
+    (23, 32, [0.5, 0.7, 0.9, 0.3, 0.05], 3, 3),  # two tails; unrecorded epochs split the 30% run's train rows in two
+    (97, 64, [0.3, 0.5, 0.7, 0.9, 0.4], 3, 2),  # the paper's shapes: two tails, each split in three row blocks
 ])
-def test_odd_batches_on_several_workers_equal_one_worker(p, fracs, threads, record_every, monkeypatch):
+def test_odd_batches_on_several_workers_equal_one_worker(p, width, fracs, threads, record_every, monkeypatch):
     """Any thread count, any number of leftover runs, recorded or not: bit for bit one worker's records."""
     if kernels.library() is None:
         pytest.skip("native kernels did not build here")
     monkeypatch.setenv("PHASELIB_KERNELS", "native")
     ops = ["add", "sub", "mul"]
-    cfgs = [RunConfig(modulus=p, operation=ops[i % 3], frac=f, seed=i + 1, epochs=6, width=32, engine="batched",
+    cfgs = [RunConfig(modulus=p, operation=ops[i % 3], frac=f, seed=i + 1, epochs=6, width=width, engine="batched",
                       record_every=record_every, **ONE) for i, f in enumerate(fracs)]
     assert len(cfgs) % threads  # leftover runs to split
     alone = train_batched(cfgs)
