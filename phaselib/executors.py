@@ -2,8 +2,10 @@
 pool) or ``dask`` (a Dask cluster: one given by ``scheduler``, or a loopback LocalCluster).
 
 Work is split into batches of runs of one shape (:func:`batches`), so the batched engine
-steps each batch together inside one task. Every executor forms the same batches and trains
-each with :func:`train_batch`, so every executor computes bit-identical records.
+steps each batch together inside one task, and a pool's batches are cut so that its workers
+share the large groups. Every executor trains each batch with :func:`train_batch`, and a
+batched record does not depend on its batch mates, so every executor computes bit-identical
+records, however many workers it has.
 
 Who writes the store
 --------------------
@@ -108,23 +110,32 @@ def batch_key(c: RunConfig) -> tuple:
     return (c.engine, c.shape, c.epochs, c.lr, c.weight_decay, c.record_every, c.probes, c.device, c.threads)
 
 
-def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH) -> list[list[RunConfig]]:
+def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH, workers: int = 1) -> list[list[RunConfig]]:
     """Deterministic split into batches of one batch key, at most ``max_batch`` runs each.
 
     Reference-engine runs go one per batch, and so do probed runs: their probes run per run at
     every recorded epoch and cost far more than the stacked step (a batch of three probed mod-97
-    runs was the study's longest task, with the other worker idle), and a batched record does
-    not depend on its batch mates (tests/test_engine.py). The split depends only on the list of
-    configs, so every executor forms the same batches and so computes bit-identical records.
+    runs was the study's longest task, with the other worker idle). For a pool of ``workers``,
+    each batch key's runs are split evenly into at least ``min(runs, workers)`` batches, so that
+    one large group does not run on one worker while the others idle (as one batch, the paper's 9
+    variance runs were the sweep's critical path on 2 workers, the other worker idle after the
+    primary runs); :func:`longest_first` then orders the pieces. A batched record
+    does not depend on its batch mates (tests/test_engine.py, and every executor test here checks
+    the records against the one-process run), so the split changes the wall time, never a number.
+    It depends only on the configs and ``workers``.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
     groups: dict[tuple, list[RunConfig]] = {}
     for c in configs:
         groups.setdefault(batch_key(c), []).append(c)
     out: list[list[RunConfig]] = []
     for cs in groups.values():
+        n = len(cs)
         alone = cs[0].engine == "reference" or bool(cs[0].probes)
-        size = 1 if alone else max_batch
-        out.extend(cs[i:i + size] for i in range(0, len(cs), size))
+        k = n if alone else max(-(-n // max_batch), min(n, workers))  # number of batches, sizes within one
+        bounds = [-(-i * n // k) for i in range(k + 1)]
+        out.extend(cs[lo:hi] for lo, hi in zip(bounds, bounds[1:]))
     return out
 
 
@@ -363,7 +374,7 @@ def run_processes(todo: Sequence[RunConfig], store: RunStore, progress: bool = T
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
-    work = batches(todo)
+    work = batches(todo, workers=workers)
     pending: deque[int] = deque(longest_first(work))  # batch indices still to submit, in order
     suspects: set[int] = set()  # in flight when a pool broke: rerun alone
     deaths = [0] * len(work)
@@ -455,13 +466,16 @@ def run_dask(todo: Sequence[RunConfig], store: RunStore, progress: bool = True, 
 
     if not scheduler and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
-    work = batches(todo)
     sink = _Sink(store, len(todo), progress)
     kill_once = os.environ.get(KILL_ONCE_ENV)
     token = uuid.uuid4().hex[:8]  # fresh task keys: never adopt a dead driver's task on a shared cluster
     try:
         with dask_client(scheduler, workers) as client:
-            futures = {client.submit(train_task, batch, kill_once, key=f"phaselib-train-{batch[0].key}x{len(batch)}-{token}"): i
+            # batches for the cluster's workers as it is now (a cluster that grows later only idles less)
+            work = batches(todo, workers=max(1, len(client.scheduler_info()["workers"])))
+            rank = {i: r for r, i in enumerate(longest_first(work))}  # the scheduler starts higher priorities first
+            futures = {client.submit(train_task, batch, kill_once, key=f"phaselib-train-{batch[0].key}x{len(batch)}-{token}",
+                                     priority=len(work) - rank[i]): i
                        for i, batch in enumerate(work)}
             for fut in as_completed(futures):
                 i = futures.pop(fut)

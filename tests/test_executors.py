@@ -77,6 +77,25 @@ def test_batches_stack_runs_of_one_shape_in_a_fixed_order():
     assert [len(b) for b in E.batches(CONFIGS)] == [1, 1, 1, 1, 2, 2]  # reference: one run per task
     probed = [mk(seed=s, probes={"hessian_every": 10}) for s in range(3)]
     assert [[c.seed for c in b] for b in E.batches(probed)] == [[0], [1], [2]]  # probed: one run per task
+    assert [len(b) for b in E.batches([mk(seed=s) for s in range(70)])] == [24, 23, 23]  # even, <= MAX_BATCH
+
+
+def test_batches_for_a_pool_share_each_group_between_the_workers():
+    """With W workers each group is cut evenly into min(runs, W) batches or more (the paper's 9
+    variance runs: 5 + 4 on 2 workers), in list order; reference and probed runs stay one per batch."""
+    def mk(**kw) -> RunConfig:
+        return RunConfig(**{"modulus": 11, "width": 16, "epochs": 40, "engine": "batched", **kw})
+
+    nine = [mk(seed=s) for s in range(9)] + [mk(seed=s, epochs=60) for s in range(3)]
+    assert [[c.seed for c in b] for b in E.batches(nine, workers=2)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8], [0, 1], [2]]
+    assert [len(b) for b in E.batches(nine, workers=4)] == [3, 2, 2, 2, 1, 1, 1]
+    assert [len(b) for b in E.batches(nine, workers=20)] == [1] * 12
+    assert [len(b) for b in E.batches(nine, max_batch=2, workers=2)] == [2, 2, 2, 2, 1, 2, 1]
+    assert E.batches(nine, workers=1) == [nine[:9], nine[9:]]
+    assert [len(b) for b in E.batches(CONFIGS, workers=2)] == [1] * 8
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"workers: {bad!r} is invalid; allowed: an integer >= 1"):
+            E.batches(nine, workers=bad)
 
 
 def test_longest_first_submits_probing_then_the_most_run_epochs():
@@ -109,7 +128,7 @@ def test_dask_local_cluster_gives_the_local_records(cluster, local_store, tmp_pa
     trained = E.run("dask", CONFIGS, store, progress=False, scheduler=cluster.scheduler_address)
     assert sorted(trained) == sorted(c.key for c in CONFIGS)
     assert_same_records(store, local_store)
-    assert seen[0] == (8, 0) and seen[-1] == (8, 8) and len(seen) == 7  # one update per finished batch
+    assert seen[0] == (8, 0) and seen[-1] == (8, 8) and len(seen) == 9  # one update per finished batch (2 workers: 8)
 
 
 def test_dask_worker_death_leaves_no_partial_run_and_is_retried(cluster, local_store, tmp_path, monkeypatch):
