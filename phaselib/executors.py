@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 
 from .config import RunConfig
+from .data import REGRESSION_N
 from .progress import bar
 from .record import RunRecord, table_from_bytes, table_to_bytes
 from .store import RunStore
@@ -139,15 +140,24 @@ def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH, workers: i
     return out
 
 
+def run_cost(c: RunConfig) -> int:
+    """A run's relative training work: epochs x the output layer's multiply-adds per epoch
+    (rows x width x outputs: p^2 x width x p for modular arithmetic, ``REGRESSION_N`` x width x 1
+    for the regression control). Only its order matters, in :func:`longest_first`."""
+    rows, outputs = (c.modulus ** 2, c.modulus) if c.task == "modular" else (REGRESSION_N, 1)
+    return c.epochs * rows * c.width * outputs
+
+
 def longest_first(work: Sequence[Sequence[RunConfig]]) -> list[int]:
-    """Batch indices in submission order: probing batches, then by run-epochs, largest first.
+    """Batch indices in submission order: probing batches, then by :func:`run_cost`, largest first.
 
     Longest-processing-time-first keeps a pool's workers busy to the end instead of leaving one
-    long batch (10k-epoch runs, Hessian probes) to run alone at the tail; ties keep list order, so
-    the order is deterministic. Only the order changes, never a batch's content or results.
+    long batch (10k-epoch runs, Hessian probes) to run alone at the tail, and leaves the cheap
+    regression batches to fill the gaps; ties keep list order, so the order is deterministic.
+    Only the order changes, never a batch's content or results.
     """
     def cost(i: int) -> tuple[bool, int]:
-        return bool(work[i][0].probes), sum(c.epochs for c in work[i])
+        return bool(work[i][0].probes), sum(run_cost(c) for c in work[i])
     return sorted(range(len(work)), key=cost, reverse=True)
 
 

@@ -105,6 +105,10 @@ def test_longest_first_submits_probing_then_the_most_run_epochs():
     work = [[mk(seed=0)], [mk(seed=1, epochs=400), mk(seed=2, epochs=400)], [mk(seed=3, epochs=1000)],
             [mk(seed=4, probes=(("hessian_every", 10),))], [mk(seed=5)]]
     assert E.longest_first(work) == [3, 2, 1, 0, 4]  # probes first; ties (0 and 4) keep list order
+    cheap = [RunConfig(task="regression", epochs=3000, frac=0.5)]  # 3000 epochs, but far less work per epoch
+    big = [RunConfig(modulus=97, epochs=2000, engine="batched")]
+    assert E.longest_first([cheap, big, [mk(seed=6, epochs=2000)]]) == [1, 0, 2]
+    assert E.run_cost(big[0]) == 2000 * 97 ** 2 * 64 * 97 and E.run_cost(cheap[0]) == 3000 * 2000 * 64
 
 
 def test_dask_local_cluster_gives_the_local_records(cluster, local_store, tmp_path, monkeypatch):
