@@ -128,11 +128,22 @@ def test_dask_local_cluster_gives_the_local_records(cluster, local_store, tmp_pa
             seen.append((seen[-1][0], seen[-1][1] + n))
 
     monkeypatch.setattr(E, "Progress", Recording)
+    submitted: list[tuple[int, tuple[str, ...]]] = []  # (priority, the batch's run keys)
+    submit = distributed.Client.submit
+
+    def recording_submit(self, fn, *args, **kwargs):
+        submitted.append((kwargs["priority"], tuple(c.key for c in args[0])))
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(distributed.Client, "submit", recording_submit)
     store = RunStore(tmp_path / "store.sqlite")
     trained = E.run("dask", CONFIGS, store, progress=False, scheduler=cluster.scheduler_address)
     assert sorted(trained) == sorted(c.key for c in CONFIGS)
     assert_same_records(store, local_store)
     assert seen[0] == (8, 0) and seen[-1] == (8, 8) and len(seen) == 9  # one update per finished batch (2 workers: 8)
+    work = E.batches(CONFIGS, workers=2)  # the cluster's two workers: each group cut in two
+    assert [keys for _, keys in sorted(submitted, reverse=True)] == [tuple(c.key for c in work[i])
+                                                                     for i in E.longest_first(work)]
 
 
 def test_dask_worker_death_leaves_no_partial_run_and_is_retried(cluster, local_store, tmp_path, monkeypatch):
