@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import evaluate as ev
 from .config import RunConfig
+from .executors import check_workers
 from .store import RunStore
 
 #: Signals scored by the generic detectors (the probed ones only exist in probing runs).
@@ -69,8 +70,7 @@ def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold:
     configs = list({c.key: c for c in configs}.values())
     if workers is None:
         workers = 1 if len(configs) < PARALLEL_FROM else os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
+    check_workers(workers)
     chunks = [list(c) for c in np.array_split(np.array(configs, dtype=object), min(workers, max(1, len(configs))))]
     chunks = [c for c in chunks if c]
     args = [(str(store.path), c, threshold, tuple(detectors), tuple(layers)) for c in chunks]

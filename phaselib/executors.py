@@ -111,6 +111,12 @@ def batch_key(c: RunConfig) -> tuple:
     return (c.engine, c.shape, c.epochs, c.lr, c.weight_decay, c.record_every, c.probes, c.device, c.threads)
 
 
+def check_workers(workers: int) -> None:
+    """Refuse a worker count that is not an integer >= 1, naming the key."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
+
+
 def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH, workers: int = 1) -> list[list[RunConfig]]:
     """Deterministic split into batches of one batch key, at most ``max_batch`` runs each.
 
@@ -120,13 +126,12 @@ def batches(configs: Sequence[RunConfig], max_batch: int = MAX_BATCH, workers: i
     each batch key's runs are split evenly into at least ``min(runs, workers)`` batches, so that
     one large group does not run on one worker while the others idle (as one batch, the paper's 9
     variance runs were the sweep's critical path on 2 workers, the other worker idle after the
-    primary runs); :func:`longest_first` then orders the pieces. A batched record
-    does not depend on its batch mates (tests/test_engine.py, and every executor test here checks
-    the records against the one-process run), so the split changes the wall time, never a number.
-    It depends only on the configs and ``workers``.
+    primary runs); :func:`longest_first` then orders the pieces. A batched record does not depend
+    on its batch mates (tests/test_engine.py; tests/test_executors.py checks every pool's records
+    against the one-process run), so the split changes the wall time, never a number. It depends
+    only on the configs and ``workers``.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
+    check_workers(workers)
     groups: dict[tuple, list[RunConfig]] = {}
     for c in configs:
         groups.setdefault(batch_key(c), []).append(c)
@@ -382,9 +387,7 @@ def run_processes(todo: Sequence[RunConfig], store: RunStore, progress: bool = T
     When a worker dies the pool is rebuilt and the batches in flight run again, each alone;
     a batch charged with more than ``retries`` deaths is given up (see the module docstring).
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
-    work = batches(todo, workers=workers)
+    work = batches(todo, workers=workers)  # validates workers before any process starts
     pending: deque[int] = deque(longest_first(work))  # batch indices still to submit, in order
     suspects: set[int] = set()  # in flight when a pool broke: rerun alone
     deaths = [0] * len(work)
@@ -474,8 +477,8 @@ def run_dask(todo: Sequence[RunConfig], store: RunStore, progress: bool = True, 
     """
     from distributed import as_completed
 
-    if not scheduler and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers: {workers!r} is invalid; allowed: an integer >= 1")
+    if not scheduler:  # the size of the LocalCluster to start
+        check_workers(workers)
     sink = _Sink(store, len(todo), progress)
     kill_once = os.environ.get(KILL_ONCE_ENV)
     token = uuid.uuid4().hex[:8]  # fresh task keys: never adopt a dead driver's task on a shared cluster

@@ -98,7 +98,7 @@ def test_batches_for_a_pool_share_each_group_between_the_workers():
             E.batches(nine, workers=bad)
 
 
-def test_longest_first_submits_probing_then_the_most_run_epochs():
+def test_longest_first_submits_probing_then_the_most_work():
     def mk(**kw) -> RunConfig:
         return RunConfig(**{"modulus": 11, "width": 16, "epochs": 40, "engine": "batched", **kw})
 
@@ -181,7 +181,7 @@ def test_processes_batch_over_its_retry_cap_is_reported_and_the_sweep_goes_on(lo
     with pytest.raises(E.SweepIncomplete, match=r"worker died 1 time\(s\); retries=0") as info:
         E.run_processes(CONFIGS, store, progress=False, workers=1, retries=0)  # one worker: the death is the first batch's
     work = E.batches(CONFIGS)
-    first = tuple(c.key for c in work[E.longest_first(work)[0]])  # submitted first: the most run-epochs
+    first = tuple(c.key for c in work[E.longest_first(work)[0]])  # submitted first: the most work
     assert [f.keys for f in info.value.failures] == [first]
     assert store.keys() == {c.key for c in CONFIGS} - set(first)
     assert sorted(E.run("local", store.missing(CONFIGS), store, progress=False)) == sorted(first)
