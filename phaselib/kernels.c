@@ -72,11 +72,13 @@ static inline float hsum8(v8f v) {
  *   m = max_j z_j;  e_j = exp(max(z_j - m, floor));  s = sum_j e_j      (all ldz columns)
  *   sums[i] = s;  shift[i] = z_y - m;  correct = (z_y >= m)           (if sums / correct given)
  *   (the caller forms nll = log(s) - (z_y - m) with one vectorised log over all rows)
- *   dz_j = e_j / s - [j == y] for j < p, rows < n_train               (row stride p)
+ *   dz_j = e_j / s - [j == y] for j < p, rows < n_train               (row stride lddz >= p)
+ * dz may be z's own first p columns (lddz = ldz): each row of z is read before its dz row is
+ * written, and the engine so keeps one (rows x ldz) buffer per run instead of two.
  * A NaN logit makes s, nll and the row's dz NaN (as in the torch chain); that row's hit is then
  * unspecified (m may or may not be the NaN). */
 void xent_rows(const float *z, int64_t ldz, int64_t rows, int64_t n_train, int64_t p, const int64_t *y,
-               float floor_, float *sums, float *shift, uint8_t *correct, float *dz) {
+               float floor_, float *sums, float *shift, uint8_t *correct, float *dz, int64_t lddz) {
     const int64_t nv = ldz / 8;
     float e[ldz];
     for (int64_t i = 0; i < rows; i++) {
@@ -123,7 +125,7 @@ void xent_rows(const float *z, int64_t ldz, int64_t rows, int64_t n_train, int64
         }
         if (correct) correct[i] = zi[yi] >= m;
         if (i < n_train) {
-            float *di = dz + i * p;
+            float *di = dz + i * lddz;
             for (int64_t j = 0; j < p; j++) di[j] = e[j] / s;
             di[yi] -= 1.0f;
         }

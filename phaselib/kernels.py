@@ -34,7 +34,7 @@ MODES = ("auto", "native", "torch")
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
-    "xent_rows": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _P),
+    "xent_rows": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _P, _I),
     "hidden_rows": (_P, _I, _P, _P, _I, _P),
     "scatter_hidden_grad": (_P, _P, _I, _P, _P, _I, _I, _I, _P),
 }
@@ -152,6 +152,27 @@ def _ptr(t: torch.Tensor | None, dtype: torch.dtype) -> int | None:
     return t.data_ptr()
 
 
+def _rows_ptr(t: torch.Tensor) -> int:
+    """Pointer of a CPU float32 matrix whose rows are contiguous (any row stride >= its width)."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 2 or t.stride(1) != 1 \
+            or t.stride(0) < t.shape[1]:
+        raise ValueError(f"tensor: {t.device} {t.dtype} strides {t.stride()} are invalid; allowed: a CPU float32 "
+                         "matrix with contiguous rows")
+    return t.data_ptr()
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """The byte range [first, last + 1) that a strided CPU tensor touches."""
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + t.element_size() * (last + 1)
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two non-empty CPU tensors' memory ranges intersect."""
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a.numel() > 0 and b.numel() > 0 and a0 < b1 and b0 < a1
+
+
 def check_index(rows: int, *index: torch.Tensor) -> None:
     """The C loops trust their row indices and labels; the wrappers refuse out-of-range ones unless
     ``check=False`` (the engine validates its fixed indices once, not every step)."""
@@ -167,6 +188,9 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     """Softmax cross-entropy of the rows of ``z`` (rows, ldz): per-row ``nll`` and ``correct``
     (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c.
 
+    ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself (each row is
+    read before it is overwritten), but no other view that overlaps ``z``.
+
     ``shift`` is an optional (>= rows) float32 scratch for ``z_label - max`` (the engine passes a
     preallocated one; otherwise one is allocated per call)."""
     rows, ldz = z.shape
@@ -176,6 +200,9 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
                          "n_train <= rows <= len(y), dz (>= n_train, p)")
     if check and rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
         raise ValueError(f"y: labels outside [0, {p}) are invalid; allowed: class indices below p = {p}")
+    if _overlap(z, dz) and (dz.data_ptr() != z.data_ptr() or dz.stride(0) != ldz):
+        raise ValueError("dz: a view overlapping z other than z[:, :p] is invalid; allowed: separate memory or "
+                         "z's own first p columns")
     if not -87.0 <= floor <= 0.0:  # exp(floor) must stay a normal float32 (kernels.c, exp_range)
         raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
     if (nll is None) != (correct is None):
@@ -189,7 +216,7 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
         shift = torch.empty(rows)
     _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
                         _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
-                        _ptr(dz, torch.float32))
+                        _rows_ptr(dz), dz.stride(0))
     if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
         nll[:rows].log_().sub_(shift[:rows])
 

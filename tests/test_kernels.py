@@ -183,3 +183,19 @@ def test_kernels_build_wherever_a_c_compiler_exists(fresh, monkeypatch):
     monkeypatch.setenv("PHASELIB_KERNELS", "native")
     assert kernels.library() is not None and kernels.use_native(torch.device("cpu"))
     assert not kernels.use_native(torch.device("meta"))  # other devices take the torch path
+
+
+@native
+def test_xent_rows_may_write_the_gradient_over_its_own_logits():
+    """The engine keeps one buffer per run: dz = z[:, :p], each row read before it is overwritten."""
+    z, y = logits()
+    nll, correct, dz = torch.empty(300), torch.empty(300, dtype=torch.bool), torch.empty(300, 13)
+    kernels.xent_rows(z.clone(), 13, 200, y, EXP_FLOOR, nll, correct, dz)
+    zz = z.clone()
+    nll2, correct2 = torch.empty(300), torch.empty(300, dtype=torch.bool)
+    kernels.xent_rows(zz, 13, 200, y, EXP_FLOOR, nll2, correct2, zz[:, :13])
+    assert torch.equal(zz[:200, :13], dz[:200]) and torch.equal(nll2, nll) and torch.equal(correct2, correct)
+    assert torch.equal(zz[200:], z[200:]) and torch.equal(zz[:, 13:], z[:, 13:])  # nothing else written
+    for other in (zz[1:, :13], zz[:, 1:14], zz.view(-1)[:300 * 13].view(300, 13)):  # overlapping, not row-aligned
+        with pytest.raises(ValueError, match="dz: a view overlapping z"):
+            kernels.xent_rows(zz, 13, 10, y, EXP_FLOOR, None, None, other)
