@@ -252,8 +252,8 @@ class _Work:
     passes of their own. Logits are padded to ``P8`` classes (zero weights, bias -inf).
 
     With the C kernels (``table`` False) the softmax gradient ``dz`` is ``z[:M, :p]``: one
-    (N, P8) buffer per run instead of two, so a step streams less memory (the same numbers; the
-    9-run mod-97 batch measured about 5% faster on 2 threads, 8% on one).
+    (N, P8) buffer per run instead of two, so a step streams less memory: the same numbers, and
+    faster on 1 and 2 threads in an A/B of the 9-run mod-97 batch (figures in the commit message).
     """
 
     def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device, table: bool) -> None:

@@ -152,25 +152,13 @@ def _ptr(t: torch.Tensor | None, dtype: torch.dtype) -> int | None:
     return t.data_ptr()
 
 
-def _rows_ptr(t: torch.Tensor) -> int:
+def _rows_ptr(t: torch.Tensor, name: str) -> int:
     """Pointer of a CPU float32 matrix whose rows are contiguous (any row stride >= its width)."""
     if t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() != 2 or t.stride(1) != 1 \
             or t.stride(0) < t.shape[1]:
-        raise ValueError(f"tensor: {t.device} {t.dtype} strides {t.stride()} are invalid; allowed: a CPU float32 "
+        raise ValueError(f"{name}: {t.device} {t.dtype} strides {t.stride()} are invalid; allowed: a CPU float32 "
                          "matrix with contiguous rows")
     return t.data_ptr()
-
-
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    """The byte range [first, last + 1) that a strided CPU tensor touches."""
-    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-    return t.data_ptr(), t.data_ptr() + t.element_size() * (last + 1)
-
-
-def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two non-empty CPU tensors' memory ranges intersect."""
-    (a0, a1), (b0, b1) = _span(a), _span(b)
-    return a.numel() > 0 and b.numel() > 0 and a0 < b1 and b0 < a1
 
 
 def check_index(rows: int, *index: torch.Tensor) -> None:
@@ -189,7 +177,7 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c.
 
     ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself (each row is
-    read before it is overwritten), but no other view that overlaps ``z``.
+    read before it is overwritten), but no other view of ``z``'s storage.
 
     ``shift`` is an optional (>= rows) float32 scratch for ``z_label - max`` (the engine passes a
     preallocated one; otherwise one is allocated per call)."""
@@ -200,7 +188,8 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
                          "n_train <= rows <= len(y), dz (>= n_train, p)")
     if check and rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
         raise ValueError(f"y: labels outside [0, {p}) are invalid; allowed: class indices below p = {p}")
-    if _overlap(z, dz) and (dz.data_ptr() != z.data_ptr() or dz.stride(0) != ldz):
+    if n_train and dz.untyped_storage().data_ptr() == z.untyped_storage().data_ptr() \
+            and (dz.data_ptr() != z.data_ptr() or dz.stride(0) != ldz):  # dz written: no other view of z's memory
         raise ValueError("dz: a view overlapping z other than z[:, :p] is invalid; allowed: separate memory or "
                          "z's own first p columns")
     if not -87.0 <= floor <= 0.0:  # exp(floor) must stay a normal float32 (kernels.c, exp_range)
@@ -216,7 +205,7 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
         shift = torch.empty(rows)
     _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
                         _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
-                        _rows_ptr(dz), dz.stride(0))
+                        _rows_ptr(dz, "dz"), dz.stride(0))
     if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
         nll[:rows].log_().sub_(shift[:rows])
 
@@ -240,13 +229,11 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
     ``h`` is a row slice of a wider contiguous buffer (its first ``width`` columns are used).
     """
     n, width = dh.shape
-    if h.shape[0] < n or h.shape[1] < width or h.stride(1) != 1 or dE.shape[1] != width \
-            or ia.shape[0] < n or ib.shape[0] < n:
+    if h.shape[0] < n or h.shape[1] < width or dE.shape[1] != width or ia.shape[0] < n or ib.shape[0] < n:
         raise ValueError(f"scatter_hidden_grad: shapes dh {tuple(dh.shape)}, h {tuple(h.shape)}, "
                          f"dE {tuple(dE.shape)} are invalid; allowed: h at least dh's rows and width, dE dh's width")
-    if h.device.type != "cpu" or h.dtype != torch.float32:
-        raise ValueError(f"h: {h.device} {h.dtype} is invalid; allowed: a CPU float32 tensor")
+    h_ptr = _rows_ptr(h, "h")
     if check:
         check_index(dE.shape[0], ia[:n], ib[:n])
-    _native().scatter_hidden_grad(_ptr(dh, torch.float32), h.data_ptr(), h.stride(0), _ptr(ia, torch.int64),
+    _native().scatter_hidden_grad(_ptr(dh, torch.float32), h_ptr, h.stride(0), _ptr(ia, torch.int64),
                                   _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))
