@@ -17,16 +17,15 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 - **No per-epoch host synchronisation.** Signals accumulate in a preallocated device tensor that is
   copied to the host once per ``chunk`` epochs. Callbacks and probers need host values, so when any
   is given the engine syncs once per *recorded* epoch instead (as the reference loop does).
-- **Fused kernels.** On the CPU, the elementwise chains between the three output-layer matmuls
-  (hidden layer, softmax cross-entropy with its gradient, ReLU mask with the first-layer
-  scatter-add) run as C loops that finish each row in cache (:mod:`phaselib.kernels`); the torch
-  operations they replace stay as the fallback (``PHASELIB_KERNELS=torch``, other devices, or no
-  C compiler), and both paths are tested against the reference.
-- **Threads.** On the CPU a modular batch shares its runs between worker threads running
-  single-threaded operations; with the C kernels, the runs left over when R is not a multiple of
-  the thread count are split into blocks (forward rows, backward halves) so that cores idle less (see
-  :class:`_Modular`); the regression control, whose tensors are small, steps its runs one after
-  the other (see :class:`_Regression`).
+- **Fused kernels.** On the CPU, a run's whole modular step runs in C (:mod:`phaselib.kernels`)
+  block by block of rows, each block's hidden layer, logits, softmax cross-entropy and gradients
+  finished in the core's cache, with small register-tiled matmuls of its own; the torch operations
+  on whole tensors stay as the fallback (``PHASELIB_KERNELS=torch``, other devices, or no C
+  compiler), and both paths are tested against the reference.
+- **Threads.** On the CPU a modular batch shares its runs' fixed row segments (C kernels) or its
+  runs (torch path) between worker threads running single-threaded operations, so a run's numbers
+  do not depend on the thread count (see :class:`_Modular`); the regression control, whose
+  tensors are small, steps its runs one after the other (see :class:`_Regression`).
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
@@ -73,9 +72,25 @@ def padded_classes(p: int) -> int:
     return -(-p // 8) * 8
 
 
-MIN_BLOCK_ROWS = 64
-"""A split run's forward row blocks have at least about this many rows (56 after rounding to 8):
-MKL rounds matmuls of a few rows (<= 11 seen here) differently from the same rows of a larger one."""
+SEGMENTS = 2
+"""Fixed row segments of each run's modular step on the C kernels: each is one job for a worker, with
+its own gradient sums, which the engine adds in segment order. Fixed per run, so a run's numbers do
+not depend on the thread count, and one run still fills two cores."""
+
+BLOCK_ROWS = 256
+"""Rows per block of the fused C step: a block's hidden layer, logits and gradients (about 180 KB
+at p = 97, width 64) stay in a core's L2 while the three matmuls and the kernels pass over it."""
+
+FORWARD_COST = 0.42
+"""Cost of a test row (forward and loss only) relative to a train row, for balancing the segments
+(measured 0.41-0.43 on one core here at p = 97, width 64, for blocks of 128 to 512 rows)."""
+
+
+def segment_split(n: int, N: int) -> int:
+    """Where a run's first segment ends: a multiple of 8 (or n) in ``[0, n]`` that gives the two segments
+    of a recorded step (``[0, s)``, and ``[s, N)`` with the N - n test rows) about equal cost."""
+    return max(0, min(n, round((n + FORWARD_COST * (N - n)) / 2 / 8) * 8))
+
 
 # ------------------------------------------------------------------ optimiser
 
@@ -244,65 +259,71 @@ class _Task:
 
 
 class _Work:
-    """Buffers for the modular step of one run: a worker's (reused by every whole run it processes) or
-    a split run's own.
+    """Buffers of the torch path's modular step, one set per worker (reused by every run it takes).
 
     The hidden layer carries a constant unit (column ``width``: 0.5 + 0.5 = 1 after the gather)
     whose output weights are b2, so the matmuls add the output bias and sum its gradient without
     passes of their own. Logits are padded to ``P8`` classes (zero weights, bias -inf).
-
-    With the C kernels (``table`` False) the softmax gradient ``dz`` is ``z[:M, :p]``: one
-    (N, P8) buffer per run instead of two, so a step streams less memory: the same numbers, and
-    faster on 1 and 2 threads in an A/B of the 9-run mod-97 batch (figures in the commit message).
     """
 
-    def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device, table: bool) -> None:
+    def __init__(self, p: int, P8: int, width: int, N: int, M: int, device: torch.device) -> None:
         H = width
         self.E = torch.empty(2 * p, H + 1, device=device)  # [E1 with b1 folded into the a-rows | 0.5]
         self.E[:, H] = 0.5
         self.W2T = torch.zeros(H + 1, P8, device=device)  # [W2^T ; b2]; padding classes 0 / -inf
         self.W2T[H, p:] = -torch.inf
         self.W2 = torch.empty(p, H, device=device)  # W2, contiguous, for dh = dz W2
-        # hidden layer over the table, in table order (the torch path's; the C kernel builds rows directly)
-        self.table = torch.empty(N if table else 0, H + 1, device=device)
+        self.table = torch.empty(N, H + 1, device=device)  # hidden layer over the table, in table order
         self.h = torch.empty(N, H + 1, device=device)  # ... in the run's row order
         self.z = torch.empty(N, P8, device=device)  # logits, then exp(logit - row max)
         self.zl = torch.empty(N, 1, device=device)  # the label's logit
         self.zmax = torch.empty(N, 1, device=device)
         self.sum = torch.empty(N, 1, device=device)
-        # softmax - onehot of the train rows: on the torch path a buffer of its own; the C kernel
-        # writes it over each logit row once it has read it (see the class docstring)
-        self.dz = torch.empty(M, p, device=device) if table else self.z[:M, :p]
+        self.dz = torch.empty(M, p, device=device)  # softmax - onehot of the train rows
         self.dW2 = torch.empty(H + 1, p, device=device)
         self.dh = torch.empty(M, H, device=device)
         self.neg_one = torch.full((M, 1), -1.0, device=device)
 
 
+class _Fused:
+    """Buffers of the C kernels' modular step: every run's weights in the kernel's layouts (as
+    :class:`_Work`'s), its segments' gradient sums and per-row results, and each worker's block scratch."""
+
+    def __init__(self, R: int, p: int, P8: int, width: int, N: int, workers: int) -> None:
+        H = width
+        self.E = torch.empty(R, 2 * p, H + 1)
+        self.E[:, :, H] = 0.5
+        self.W2T = torch.zeros(R, H + 1, P8)
+        self.W2T[:, H, p:] = -torch.inf
+        self.W2 = torch.zeros(R, p, -(-H // 8) * 8)  # columns padded to a multiple of 8 with zeros
+        self.dW2 = torch.empty(R, SEGMENTS, H + 1, P8)  # [dW2^T ; db2] of each segment (columns >= p: scratch)
+        self.dE = torch.empty(R, SEGMENTS, 2 * p, H)
+        self.db1 = torch.empty(R, SEGMENTS, H)
+        self.sums = torch.empty(R, N)  # sum exp(z - max) of each row
+        self.shift = torch.empty(R, N)  # z_label - max
+        self.scratch = [(torch.empty(BLOCK_ROWS, H + 1), torch.empty(BLOCK_ROWS, P8),
+                         torch.empty(BLOCK_ROWS, self.W2.shape[2])) for _ in range(workers)]
+
+
 class _Modular(_Task):
     """Modular arithmetic: one-hot first layer as a two-column gather, cross-entropy and accuracy.
 
-    Each run goes through forward, loss and backward on its own (one run's tensors are large
-    enough to keep a core busy per operation), writing its gradient into the stacked buffer and
-    its per-row losses into stacked tables; the optimiser, norms and signals then work on the
-    stack. With ``workers = min(threads, R)`` > 1 (CPU), that many threads share the runs, each
-    taking the next one (longest first) when it is free and running single-threaded operations
-    on its own buffers: runs are independent, so this needs no synchronisation inside a step
-    beyond taking a run, and a run's numbers do not depend on the other runs of the batch or on
-    which worker computes it.
+    **C kernels (CPU).** Each run's step is two fixed row segments (:data:`SEGMENTS`,
+    :func:`segment_split`), each one call of ``modular_rows`` (:mod:`phaselib.kernels`): blocks of
+    :data:`BLOCK_ROWS` rows go through hidden layer, logits, loss and softmax gradient, and their
+    share of the backward pass (the output layer's gradient, dh, the ReLU mask and the first-layer
+    scatter-add) while they are in the core's L2. The whole-table matmuls they replace each
+    streamed a multi-megabyte tensor, and two cores contended for memory. A segment accumulates
+    its own gradient sums; the engine adds the two in order, so a run's numbers depend neither on
+    its batch mates nor on which worker ran which segment, and ``workers = min(threads, 2R)``
+    threads take the segments from one queue, the costliest first. The kernel's matmuls are its own
+    (fixed summation order: the numbers do not depend on buffer addresses either, which MKL's did).
 
-    Whole runs leave cores idle when R is not a multiple of the workers (3 runs on 2 workers:
-    one worker takes two, the other waits a whole run). With the C kernels, the engine splits
-    the ``R % workers`` leftover ("tail") runs between the workers: their forward pass into row
-    blocks (rows are independent; blocks of at least about :data:`MIN_BLOCK_ROWS` rows), then,
-    once all of a run's rows are done, their backward pass into its two independent halves (dW2
-    and db2; dh and the first-layer gradient). The backward halves are the whole run's calls;
-    the row blocks are the same matmul and kernels on slices, and MKL's single-threaded matmuls
-    gave bit-identical results for row blocks of 12 rows or more (as on 1 or 2 threads), so a
-    tail run computes the same numbers as a whole one. The tests check this on a few shapes,
-    but it is a property of the library, not of this code. (Splitting the backward GEMMs
-    themselves was measured no faster on 2 cores: each half still streams all of dz.) A batch
-    with fewer runs than threads gives the spare threads to each run's operations instead (for
-    one run on 2 threads this measured faster than splitting the run).
+    **Torch path (any device).** Each run goes through forward, loss and backward on its own on
+    whole-table tensors; with ``workers = min(threads, R)`` > 1 (CPU), that many threads share the
+    runs, each taking the next (longest first) when it is free.
+
+    Either way the optimiser, norms and signals then work on the stacked gradient.
 
     The output layer works on logits padded to a multiple of 8 classes: padding classes (bias
     -inf, clamped to :data:`EXP_FLOOR`) get probability below 2e-35 and no gradient, and aligned
@@ -316,32 +337,33 @@ class _Modular(_Task):
         self.first_b = int(data[0].b.min())  # 1 for div (b = 0 left out), else 0
         self.y = torch.as_tensor(np.stack([d.label[o] for d, o in zip(data, self.row_order)])).to(device)  # (R, N)
         self.native = kernels.use_native(device)
+        self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
+        self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
+        P8 = padded_classes(p)
+        # largest train split first (every run's forward covers the same N rows; its backward, n rows)
+        self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
         if not self.native:  # the torch path's row gather and scatter-add of the first-layer gradient
             self.order = [torch.as_tensor(o).to(device) for o in self.row_order]
             self.bags = [self._scatter_bags(torch.as_tensor(np.stack([d.a[o[:n]], d.b[o[:n]] + p], 1)), two_p,
                                             device) for d, o, n in zip(data, self.row_order, self.ntr)]
+            self.workers = max(1, min(threads, self.R)) if device.type == "cpu" else 1
+            self.work = [_Work(p, P8, width, N, M, device) for _ in range(self.workers)]
+            worker_threads = max(1, threads // self.workers)
         else:  # each row's two one-hot positions, in the run's row order
             self.ia = [torch.as_tensor(d.a[o]).long().contiguous() for d, o in zip(data, self.row_order)]
             self.ib = [torch.as_tensor(d.b[o] + p).long().contiguous() for d, o in zip(data, self.row_order)]
             for ia, ib, y in zip(self.ia, self.ib, self.y):  # checked once here; the step calls skip the checks
                 kernels.check_index(two_p, ia, ib)
                 kernels.check_index(p, y)
-        self.nll = torch.empty(self.R, N, device=device)  # per-row results of a recorded epoch
-        self.correct = torch.empty(self.R, N, dtype=torch.bool, device=device)
-        workers = max(1, min(threads, self.R)) if device.type == "cpu" else 1
-        self.workers = workers
-        P8 = padded_classes(p)
-        # largest train split first (every run's forward covers the same N rows; its backward, n rows);
-        # each worker takes the next run when it is free, which balances uneven batches
-        self.queue_order = sorted(range(self.R), key=lambda r: -self.ntr[r])
-        n_tail = self.R % workers if self.native and workers > 1 else 0
-        self.whole, self.tail = self.queue_order[:self.R - n_tail], self.queue_order[self.R - n_tail:]
-        self.work = [_Work(p, P8, width, N, M, device, table=not self.native) for _ in range(workers)]
-        self.tail_work = [_Work(p, P8, width, N, M, device, table=False) for _ in self.tail]
+            self.workers = max(1, min(threads, SEGMENTS * self.R))
+            self.fused = _Fused(self.R, p, P8, width, N, self.workers)
+            self.segments = {record: self._segments(record) for record in (False, True)}
+            self._modular_rows = kernels.library().modular_rows
+            worker_threads = 1
         # torch.set_num_threads reaches the calling thread's OpenMP setting only: a plain pool thread
         # would run MKL on every core (and small matmuls then round differently), so each worker sets it
-        self.pool = (ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
-                                        initargs=(max(1, threads // workers),)) if workers > 1 else None)
+        self.pool = (ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads, initargs=(worker_threads,))
+                     if self.workers > 1 else None)
         self._next = threading.Lock()
 
     def close(self) -> None:
@@ -362,71 +384,96 @@ class _Modular(_Task):
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
         return src[order].to(device), offsets.to(device)
 
+    def _segments(self, record: bool) -> list[tuple[int, int, int, bool, tuple, tuple]]:
+        """The C step's jobs ``(run, lo, hi, record, arguments before the scratch, after it)``, costliest first.
+
+        A run's segments are ``[0, s)`` and ``[s, n)`` of its train rows, the second also covering
+        the test rows ``[n, N)`` when ``record``. Arguments are raw pointers into buffers that live as
+        long as the task (so a step passes no tensors through ctypes)."""
+        f, p, N = self.fused, self.p, self.N
+        P8, H = f.W2T.shape[2], f.dE.shape[3]
+        jobs = []
+        for r in range(self.R):
+            n = self.ntr[r]
+            s = segment_split(n, N)
+            for k, (lo, hi) in enumerate([(0, s), (s, N if record else n)]):
+                out = (f.sums[r].data_ptr(), f.shift[r].data_ptr(), self.correct[r].data_ptr()) if record \
+                    else (None, None, None)
+                pre = (f.E[r].data_ptr(), f.W2T[r].data_ptr(), f.W2[r].data_ptr(), p, P8, H, self.ia[r].data_ptr(),
+                       self.ib[r].data_ptr(), self.y[r].data_ptr(), lo, hi, n, BLOCK_ROWS, EXP_FLOOR, *out)
+                post = (f.dW2[r, k].data_ptr(), f.dE[r, k].data_ptr(), 2 * p, f.db1[r, k].data_ptr())
+                cost = min(hi, n) - min(lo, n) + FORWARD_COST * (hi - max(lo, n))
+                jobs.append((cost, r, lo, hi, record, pre, post))
+        jobs.sort(key=lambda j: -j[0])  # stable: ties keep run order
+        return [j[1:] for j in jobs]
+
     def step(self, P: _Stack, G: _Stack, record: bool) -> torch.Tensor | None:
-        run = self._run_native if self.native else self._run_torch
-        jobs = [(run, None, (r, P, G, record)) for r in self.whole]
-        if self.pool is None:
-            self._jobs(self.work[0], iter(jobs))
+        if self.native:
+            self._load_all(P)
+            jobs, run = self.segments[record], self._run_segment
         else:
-            tails = list(zip(self.tail_work, self.tail))
-            for w, r in tails:  # forward row blocks fill the cores once the whole runs are taken
-                self._load(w, r, P)
-                rows = self.N if record else self.ntr[r]
-                k = max(1, min(self.workers, rows // MIN_BLOCK_ROWS))
-                bounds = [rows * i // k // 8 * 8 for i in range(k)] + [rows]
-                jobs += [(self._forward_rows, w, (r, lo, hi, record)) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-            self._parallel(jobs)
-            if tails:  # a run's backward needs all of its rows' forward
-                self._parallel([(m, w, (r, G)) for w, r in tails for m in (self._hidden_grads, self._output_grads)])
+            jobs, run = [(r, P, G, record) for r in self.queue_order], self._run_torch
+        if self.pool is None:
+            self._jobs(0, run, iter(jobs))
+        else:
+            queue = iter(jobs)
+            for f in [self.pool.submit(self._jobs, i, run, queue) for i in range(self.workers)]:
+                f.result()
+        if self.native:
+            self._sum_segments(G)
         self._mean(G)
         if not record:
             return None
         loss, acc = self._split_sums(self.nll), self._split_sums(self.correct.float())
         return torch.cat([loss / self.counts, acc / self.counts], 1)
 
-    def _parallel(self, jobs: list) -> None:
-        """Run ``jobs`` on the workers, each taking the next one when it is free; return when all are done."""
-        queue = iter(jobs)
-        futures = [self.pool.submit(self._jobs, w, queue) for w in self.work]
-        for f in futures:
-            f.result()
-
-    def _jobs(self, w: _Work, queue: Iterator[tuple]) -> None:
-        """Run the jobs ``(method, buffers, args)`` this worker takes from ``queue`` (shared by the
-        workers) as ``method(buffers, *args)``: a whole run's step (buffers None: the worker's own,
-        ``w``), or a block of a tail run (on that run's own buffers). A run's numbers do not depend
-        on the worker."""
+    def _jobs(self, worker: int, run: Callable, queue: Iterator[tuple]) -> None:
+        """Run ``run(worker, *job)`` for the jobs this worker takes from ``queue`` (shared by the
+        workers, each taking the next when it is free) until it is empty."""
         with torch.no_grad():  # grad mode is per thread
             while True:
                 with self._next:
                     job = next(queue, None)
                 if job is None:
                     return
-                method, buffers, args = job
-                method(w if buffers is None else buffers, *args)
+                run(worker, *job)
 
-    def _load(self, w: _Work, r: int, P: _Stack) -> None:
-        """Run ``r``'s weights into the worker's layouts: first-layer columns with b1 folded into
+    def _load_all(self, P: _Stack) -> None:
+        """Every run's weights into the C step's layouts: first-layer columns with b1 folded into
         the a-rows, padded W2^T with b2 as the constant unit's row, and contiguous W2."""
-        p, H = self.p, w.dh.shape[1]
+        f, p, H = self.fused, self.p, self.fused.dE.shape[3]
+        torch.add(P.E1[:, :p], P.b1[:, None], out=f.E[:, :p, :H])
+        f.E[:, p:, :H].copy_(P.E1[:, p:])
+        f.W2T[:, :H, :p].copy_(P.W2T)
+        f.W2T[:, H, :p].copy_(P.b2)
+        f.W2[:, :, :H].copy_(P.W2T.transpose(1, 2))
+
+    def _run_segment(self, worker: int, r: int, lo: int, hi: int, record: bool, pre: tuple, post: tuple) -> None:
+        """One segment of run ``r`` on the C kernels, with the worker's scratch; then its rows' losses."""
+        h, z, dh = self.fused.scratch[worker]
+        self._modular_rows(*pre, h.data_ptr(), z.data_ptr(), dh.data_ptr(), *post)
+        if record:  # recorded: nll = log(sum exp(z - max)) - (z_label - max)
+            torch.sub(self.fused.sums[r, lo:hi].log_(), self.fused.shift[r, lo:hi], out=self.nll[r, lo:hi])
+
+    def _sum_segments(self, G: _Stack) -> None:
+        """Each run's gradient sums: its first segment's plus its second's."""
+        f, p, H = self.fused, self.p, self.fused.dE.shape[3]
+        torch.add(f.dW2[:, 0, :H, :p], f.dW2[:, 1, :H, :p], out=G.W2T)
+        torch.add(f.dW2[:, 0, H, :p], f.dW2[:, 1, H, :p], out=G.b2)
+        torch.add(f.dE[:, 0], f.dE[:, 1], out=G.E1)
+        torch.add(f.db1[:, 0], f.db1[:, 1], out=G.b1)
+
+    def _run_torch(self, worker: int, r: int, P: _Stack, G: _Stack, record: bool) -> None:
+        """One run's step on torch operations (any device), on the worker's buffers."""
+        w = self.work[worker]
+        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
+        rows = N if record else n
+        # weights into the kernel layouts, as _load_all
         torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
         w.E[p:, :H].copy_(P.E1[r, p:])
         w.W2T[:H, :p].copy_(P.W2T[r])
         w.W2T[H, :p].copy_(P.b2[r])
         w.W2.copy_(P.W2T[r].T)
-
-    def _output_grads(self, w: _Work, r: int, G: _Stack) -> None:
-        """dW2 and db2 (the constant unit's row of h^T dz) of run ``r`` from its train rows in ``w``, into ``G``."""
-        H, n = w.dh.shape[1], self.ntr[r]
-        torch.mm(w.h[:n].T, w.dz[:n], out=w.dW2)
-        G.W2T[r].copy_(w.dW2[:H])
-        G.b2[r].copy_(w.dW2[H])
-
-    def _run_torch(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
-        """One run's step on torch operations (any device)."""
-        p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
-        rows = N if record else n
-        self._load(w, r, P)
         # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
         # the table being a-major), then the run's rows gathered in its order
         Ea, Eb = w.E[:p, None, :], w.E[None, p + self.first_b:, :]
@@ -446,42 +493,15 @@ class _Modular(_Task):
             torch.log(s, out=nll).sub_(zl).add_(zmax)
         dz = torch.div(e[:n, :p], s[:n], out=w.dz[:n])  # softmax of the train rows
         dz.scatter_add_(1, y[:n], w.neg_one[:n])  # softmax - onehot: n * dloss/dz
-        self._output_grads(w, r, G)  # backward over the train rows
+        # backward over the train rows: dW2 and db2 (the constant unit's row of h^T dz), then dh
+        torch.mm(h[:n].T, dz, out=w.dW2)
+        G.W2T[r].copy_(w.dW2[:H])
+        G.b2[r].copy_(w.dW2[H])
         dh = torch.mm(dz, w.W2, out=w.dh[:n])
         torch.ops.aten.threshold_backward.grad_input(dh, h[:n, :H], 0.0, grad_input=dh)  # * ReLU'(pre)
         src, offsets = self.bags[r]  # dE1[a] += dpre[row], dE1[p + b] += dpre[row]
         G.E1[r].copy_(F.embedding_bag(src, dh, offsets, mode="sum"))
         torch.sum(G.E1[r, :p], 0, out=G.b1[r])  # every train row is in exactly one a-column
-
-    def _run_native(self, w: _Work, r: int, P: _Stack, G: _Stack, record: bool) -> None:
-        """:meth:`_run_torch` with its elementwise chains fused into the C kernels of :mod:`phaselib.kernels`.
-
-        Same quantities, same matmuls; the hidden layer is built row by row from the two columns
-        (no table, no gather), the loss/accuracy/softmax gradient come from one pass per row, and
-        the ReLU mask and the first-layer scatter-add from one pass over the train rows.
-        """
-        self._load(w, r, P)
-        self._forward_rows(w, r, 0, self.N if record else self.ntr[r], record)
-        self._output_grads(w, r, G)
-        self._hidden_grads(w, r, G)
-
-    def _forward_rows(self, w: _Work, r: int, lo: int, hi: int, record: bool) -> None:
-        """Rows ``[lo, hi)`` of run ``r``'s forward pass on ``w``: hidden layer, logits, and from them
-        the per-row loss and hit (if ``record``) and the softmax gradient of the train rows among them."""
-        h = w.h[lo:hi]
-        kernels.hidden_rows(w.E, self.ia[r][lo:hi], self.ib[r][lo:hi], h, check=False)
-        z = torch.mm(h, w.W2T, out=w.z[lo:hi])
-        nt = max(0, min(self.ntr[r], hi) - lo)  # train rows in the block
-        kernels.xent_rows(z, self.p, nt, self.y[r, lo:hi], EXP_FLOOR, self.nll[r, lo:hi] if record else None,
-                          self.correct[r, lo:hi] if record else None, w.dz[lo:lo + nt], check=False,
-                          shift=w.zl[lo:hi, 0])
-
-    def _hidden_grads(self, w: _Work, r: int, G: _Stack) -> None:
-        """dh = dz W2, then the first-layer gradient (ReLU mask and scatter-add) and b1's, of run ``r`` into ``G``."""
-        n = self.ntr[r]
-        dh = torch.mm(w.dz[:n], w.W2, out=w.dh[:n])
-        kernels.scatter_hidden_grad(dh, w.h[:n], self.ia[r], self.ib[r], G.E1[r], check=False)
-        torch.sum(G.E1[r, :self.p], 0, out=G.b1[r])
 
 
 class _Regression(_Task):
@@ -529,9 +549,10 @@ class _Regression(_Task):
 def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.device) -> tuple[_Task, _Stack]:
     """The task's stacked data and the runs' initial parameters (each from make_model, as the reference).
 
-    Call inside :func:`deterministic`: a modular batch on the CPU shares its runs between
-    ``min(threads, R)`` worker threads and sets the intra-op thread count to the rest
-    (``threads // workers``, at least 1); the caller's context restores it.
+    Call inside :func:`deterministic`: a modular batch on the CPU shares its runs (on the C kernels,
+    their segments) between worker threads (see :class:`_Modular`) and sets the calling thread's
+    intra-op thread count to the rest (``threads // workers``, at least 1); the caller's context
+    restores it.
     """
     c0, d0 = cfgs[0], data[0]
     if c0.task == "regression":

@@ -1,9 +1,10 @@
 /* Fused CPU kernels of the batched engine's modular step (phaselib/engine.py, class _Modular).
  *
- * Each function replaces a chain of elementwise torch operations that each stream a whole
- * (rows x classes) or (rows x hidden) tensor through memory; here every row is finished while it
- * is in L1. They compute the same quantities as the torch chain they replace (see the Python
- * fallback in engine.py), up to float32 rounding order; tests/test_kernels.py checks both.
+ * modular_rows (at the end) is one run's whole step over a range of rows, block by block, built
+ * from the row kernels below and small matmuls of its own, so that nothing streams a whole
+ * (rows x classes) or (rows x hidden) tensor through memory. They compute the same quantities as
+ * the torch operations of the Python fallback (engine.py), up to float32 rounding order;
+ * tests/test_kernels.py checks them against float64 truth and those operations.
  * Plain C (GCC vector extensions), single-threaded: the engine runs them from its worker threads
  * (ctypes drops the GIL for the call). Built and loaded by phaselib/kernels.py.
  */
@@ -161,5 +162,154 @@ void scatter_hidden_grad(const float *dh, const float *h, int64_t ldh, const int
             da[k] += g;
             db[k] += g;
         }
+    }
+}
+
+/* ---------------------------------------------------------------- small matmuls
+ * C (m x 8 nv, row stride ldc) = A B, or C += A B when `acc`, where B is (k x 8 nv, row stride
+ * ldb) and A's element (i, kk) is A[i * ars + kk * aks] (so A may be given transposed).
+ * Register tiles of 4 rows x 3 vectors: per kk, 3 loads of B, 4 broadcasts of A, 12 FMAs into 12
+ * accumulators (enough independent chains to cover the FMA latency on two pipes). Each C entry is
+ * a plain kk-ascending FMA chain, so the result depends only on the inputs, never on alignment,
+ * thread or block boundaries (torch's BLAS rounded the same product differently by the address of
+ * its output). On the engine's shapes (256 rows, k = 65 or 97, 104 or 64 columns) these measured
+ * faster than MKL's sgemm on one core here (benchmarks/train_throughput.py times the whole step). */
+static inline __attribute__((always_inline)) void mm_tile(const int MR, const int NV, const float *A, int64_t ars,
+                                                          int64_t aks, const float *B, int64_t ldb, float *C,
+                                                          int64_t ldc, int64_t k, int acc) {
+    v8f c[4][3];
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) c[r][v] = (v8f){0};
+    for (int64_t kk = 0; kk < k; kk++) {
+        v8f b[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            memcpy(&b[v], B + kk * ldb + 8 * v, sizeof b[v]);
+            __asm__("" : "+x"(b[v])); /* keep B in registers: as memory operands of the FMAs, the
+                                          loads (12 per kk instead of 3) made the loop load-bound */
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; r++) {
+            const float s = A[r * ars + kk * aks];
+            const v8f a = {s, s, s, s, s, s, s, s};
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; v++) c[r][v] += a * b[v];
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; r++)
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; v++) {
+            float *cp = C + r * ldc + 8 * v;
+            v8f out = c[r][v];
+            if (acc) {
+                v8f old;
+                memcpy(&old, cp, sizeof old);
+                out = old + out;
+            }
+            memcpy(cp, &out, sizeof out);
+        }
+}
+
+/* One strip of MR rows of C over the columns [0, 8 nv): tiles of 3, then 2 or 1, vectors. */
+#define MM_STRIP(MR)                                                                                                 \
+    static void mm_strip_##MR(const float *A, int64_t ars, int64_t aks, const float *B, int64_t ldb, float *C,      \
+                              int64_t ldc, int64_t nv, int64_t k, int acc) {                                         \
+        int64_t v = 0;                                                                                               \
+        for (; v + 3 <= nv; v += 3) mm_tile(MR, 3, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);            \
+        if (nv - v == 2) mm_tile(MR, 2, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                       \
+        else if (nv - v == 1) mm_tile(MR, 1, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                  \
+    }
+MM_STRIP(4)
+MM_STRIP(3)
+MM_STRIP(2)
+MM_STRIP(1)
+
+static void mm_strip(int64_t mr, const float *A, int64_t ars, int64_t aks, const float *B, int64_t ldb, float *C,
+                     int64_t ldc, int64_t nv, int64_t k, int acc) {
+    switch (mr) {
+    case 4: mm_strip_4(A, ars, aks, B, ldb, C, ldc, nv, k, acc); break;
+    case 3: mm_strip_3(A, ars, aks, B, ldb, C, ldc, nv, k, acc); break;
+    case 2: mm_strip_2(A, ars, aks, B, ldb, C, ldc, nv, k, acc); break;
+    case 1: mm_strip_1(A, ars, aks, B, ldb, C, ldc, nv, k, acc); break;
+    }
+}
+
+/* C = A B (or += with acc), strips of 4 rows outermost: for a small B that stays in L1 (the
+ * logits' W2^T, dh's W2) while A's rows stream past once. */
+static void mm_rows(int64_t m, int64_t nv, int64_t k, const float *A, int64_t ars, int64_t aks, const float *B,
+                    int64_t ldb, float *C, int64_t ldc, int acc) {
+    for (int64_t i = 0; i < m; i += 4)
+        mm_strip(m - i < 4 ? m - i : 4, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, nv, k, acc);
+}
+
+/* C += A B over a long k (the output layer's gradient: k = a block's rows), in chunks of 64 rows
+ * of B and, within a chunk, column panels of 3 vectors outermost, so the panel (64 x 24 floats)
+ * stays in L1 while every strip of C passes over it (with the whole k at once it did not fit,
+ * and the loop ran at 60% of this speed). */
+static void mm_acc_long_k(int64_t m, int64_t nv, int64_t k, const float *A, int64_t ars, int64_t aks,
+                          const float *B, int64_t ldb, float *C, int64_t ldc) {
+    for (int64_t k0 = 0; k0 < k; k0 += 64) {
+        const int64_t kc = k - k0 < 64 ? k - k0 : 64;
+        for (int64_t v = 0; v < nv; v += 3) {
+            const int64_t w = nv - v < 3 ? nv - v : 3;
+            for (int64_t i = 0; i < m; i += 4)
+                mm_strip(m - i < 4 ? m - i : 4, A + i * ars + k0 * aks, ars, aks, B + k0 * ldb + 8 * v, ldb,
+                         C + i * ldc + 8 * v, ldc, w, kc, 1);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- the fused modular step */
+
+/* Rows [lo, hi) of one run's modular step, in blocks of `block` rows taken from lo on, every block
+ * finished in the core's L2 before the next (whole-table matmuls each streamed a multi-megabyte
+ * tensor, and two cores contended for memory):
+ *   h = relu(E[ia] + E[ib])          (B x K, K = width + 1: the constant unit carries b2)
+ *   z = h W2T                        (B x P8 logits; padding classes -inf)
+ *   xent_rows: sums, shift, correct (if sums given) and dz = softmax - onehot of the train rows
+ *              (rows < n_train), written over z's first p columns
+ *   dW2 += h^T dz                    (K x P8, row stride P8: W2's gradient in columns < p of rows
+ *                                     < width, b2's in row width; columns >= p are scratch)
+ *   dh = dz W2;  g = dh * (h > 0);  dE[ia] += g;  dE[ib] += g;  db1 += g   (row order)
+ * W2 is (p x H8), H8 = width rounded up to 8, zero beyond width; dhbuf (block x H8).
+ * dW2, dE (dest_rows x width) and db1 are this call's own sums, zeroed first: the caller adds the
+ * sums of a run's fixed row segments, so the result does not depend on which thread ran which
+ * segment. A block never straddles n_train, so the train blocks are the same whether or not the
+ * test rows are evaluated too. sums/shift/correct are indexed by row (entry lo is row lo's).
+ * hbuf (block x K), zbuf (block x P8) and dhbuf are the caller's scratch. */
+void modular_rows(const float *E, const float *W2T, const float *W2, int64_t p, int64_t P8, int64_t width,
+                  const int64_t *ia, const int64_t *ib, const int64_t *y, int64_t lo, int64_t hi,
+                  int64_t n_train, int64_t block, float floor_, float *sums, float *shift, uint8_t *correct,
+                  float *hbuf, float *zbuf, float *dhbuf, float *dW2, float *dE, int64_t dest_rows, float *db1) {
+    const int64_t K = width + 1, H8 = (width + 7) / 8 * 8;
+    memset(dW2, 0, sizeof(float) * (size_t)(K * P8));
+    memset(dE, 0, sizeof(float) * (size_t)(dest_rows * width));
+    memset(db1, 0, sizeof(float) * (size_t)width);
+    for (int64_t b0 = lo; b0 < hi;) {
+        const int64_t end = b0 < n_train && n_train < hi ? n_train : hi; /* train and test rows in separate blocks */
+        const int64_t b = end - b0 < block ? end - b0 : block;
+        const int64_t nt = b0 < n_train ? b : 0;
+        hidden_rows(E, K, ia + b0, ib + b0, b, hbuf);
+        mm_rows(b, P8 / 8, K, hbuf, K, 1, W2T, P8, zbuf, P8, 0);
+        xent_rows(zbuf, P8, b, nt, p, y + b0, floor_, sums ? sums + b0 : NULL, sums ? shift + b0 : NULL,
+                  correct ? correct + b0 : NULL, zbuf, P8);
+        if (nt) {
+            mm_acc_long_k(K, P8 / 8, nt, hbuf, 1, K, zbuf, P8, dW2, P8);
+            mm_rows(nt, H8 / 8, p, zbuf, P8, 1, W2, H8, dhbuf, H8, 0);
+            for (int64_t i = 0; i < nt; i++) {
+                const float *gi = dhbuf + i * H8, *hr = hbuf + i * K;
+                float *da = dE + ia[b0 + i] * width, *db = dE + ib[b0 + i] * width;
+                for (int64_t k = 0; k < width; k++) {
+                    const float g = hr[k] <= 0.0f ? 0.0f : gi[k];
+                    da[k] += g;
+                    db[k] += g;
+                    db1[k] += g;
+                }
+            }
+        }
+        b0 += b;
     }
 }

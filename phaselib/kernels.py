@@ -1,9 +1,11 @@
 """Fused CPU kernels (``kernels.c``) for the batched engine, compiled on first use and cached.
 
-Why: after the three output-layer matmuls, the modular step's cost was a dozen elementwise torch
-operations, each streaming a whole logits or hidden tensor through memory. ``kernels.c`` finishes
-each row while it is in cache; ``benchmarks/train_throughput.py`` times both paths side by side
-(``kernel_speedup``).
+Why: on whole-table torch tensors, the modular step is three large matmuls and a dozen
+elementwise operations, each streaming a multi-megabyte logits or hidden tensor through memory
+(and two cores contend for it). ``modular_rows`` does a run's whole step block by block of rows,
+each block finished in the core's cache, with register-tiled matmuls of its own; the elementwise
+kernels it is built from are exported too, for the tests. ``benchmarks/train_throughput.py`` times
+both paths side by side (``kernel_speedup``).
 
 The library is built with the system C compiler (``$CC``, else ``cc``) into a cache directory
 (``$PHASELIB_CACHE``, else ``$XDG_CACHE_HOME/phaselib``, else ``~/.cache/phaselib``), under a
@@ -37,6 +39,8 @@ _SIGNATURES = {
     "xent_rows": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _P, _I),
     "hidden_rows": (_P, _I, _P, _P, _I, _P),
     "scatter_hidden_grad": (_P, _P, _I, _P, _P, _I, _I, _I, _P),
+    "modular_rows": (_P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P, _P, _P, _P, _P,
+                     _P, _P, _I, _P),
 }
 
 
@@ -237,3 +241,50 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
         check_index(dE.shape[0], ia[:n], ib[:n])
     _native().scatter_hidden_grad(_ptr(dh, torch.float32), h_ptr, h.stride(0), _ptr(ia, torch.int64),
                                   _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))
+
+
+def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+                 y: torch.Tensor, lo: int, hi: int, n_train: int, floor: float, dW2: torch.Tensor,
+                 dE: torch.Tensor, db1: torch.Tensor, nll: torch.Tensor | None = None,
+                 correct: torch.Tensor | None = None, block: int = 256, check: bool = True) -> None:
+    """Rows ``[lo, hi)`` of a one-hot MLP's modular step, fused block by block (see kernels.c):
+    ``dW2`` (width + 1, p), ``dE`` (rows of E, width) and ``db1`` (width) receive these rows' gradient
+    sums (rows < ``n_train`` only), and ``nll``/``correct`` (indexed by row) their loss and hit.
+
+    ``E`` (2p, width + 1) holds the first layer's columns with b1 folded into the a-rows and 0.5 in
+    the last column; ``W2T`` (width + 1, P8) is [W2^T; b2] padded to P8 classes with bias -inf;
+    ``W2`` (p, width). (The engine keeps its buffers in the kernel's own layouts and calls the C
+    function directly; this wrapper copies into them.)"""
+    K, P8 = W2T.shape
+    width, p = K - 1, W2.shape[0]
+    if E.shape[1] != K or W2.shape[1] != width or P8 % 8 or P8 < p or dW2.shape != (K, p) \
+            or dE.shape != (E.shape[0], width) or db1.shape != (width,) or block < 1:
+        raise ValueError(f"modular_rows: shapes E {tuple(E.shape)}, W2T {tuple(W2T.shape)}, W2 {tuple(W2.shape)}, "
+                         f"dW2 {tuple(dW2.shape)}, dE {tuple(dE.shape)}, db1 {tuple(db1.shape)}, block {block} are "
+                         "invalid; allowed: E (rows, K), W2T (K, P8), W2 (p, K - 1), dW2 (K, p), dE (rows, K - 1), "
+                         "db1 (K - 1,), P8 a multiple of 8 >= p, block >= 1")
+    if not (0 <= lo <= hi <= min(ia.shape[0], ib.shape[0], y.shape[0]) and 0 <= n_train):
+        raise ValueError(f"lo, hi, n_train: {lo}, {hi}, {n_train} are invalid; allowed: 0 <= lo <= hi <= rows of "
+                         "ia, ib and y, n_train >= 0")
+    if (nll is None) != (correct is None) or (nll is not None and min(nll.shape[0], correct.shape[0]) < hi):
+        raise ValueError("nll, correct: allowed both (one entry per row, at least hi) or neither")
+    if not -87.0 <= floor <= 0.0:
+        raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
+    if check:
+        check_index(E.shape[0], ia[lo:hi], ib[lo:hi])
+        check_index(p, y[lo:hi])
+    H8 = -(-width // 8) * 8
+    W2p = torch.zeros(p, H8)
+    W2p[:, :width] = W2
+    b = min(block, max(hi - lo, 1))
+    h, z, dh, dW2p = torch.empty(b, K), torch.empty(b, P8), torch.empty(b, H8), torch.empty(K, P8)
+    sums = torch.empty(hi) if nll is not None else None
+    shift = torch.empty(hi) if nll is not None else None
+    f32 = torch.float32
+    _native().modular_rows(_ptr(E, f32), _ptr(W2T, f32), W2p.data_ptr(), p, P8, width, _ptr(ia, torch.int64),
+                           _ptr(ib, torch.int64), _ptr(y, torch.int64), lo, hi, n_train, block, floor,
+                           _ptr(sums, f32), _ptr(shift, f32), _ptr(correct, torch.bool), h.data_ptr(),
+                           z.data_ptr(), dh.data_ptr(), dW2p.data_ptr(), _ptr(dE, f32), E.shape[0], _ptr(db1, f32))
+    dW2.copy_(dW2p[:, :p])
+    if nll is not None:
+        torch.sub(sums[lo:hi].log_(), shift[lo:hi], out=nll[lo:hi])

@@ -222,95 +222,92 @@ def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
         assert all(a.table.equals(b.table) for a, b in zip(odd, together[:k]))
 
 
-def test_leftover_run_is_split_between_the_workers(monkeypatch):
-    """3 runs on 2 workers: two whole runs, and the third split into forward row blocks (on
-    multiples of 8 rows, covering the table once per step) and its backward's two halves, on its
-    own buffers, with records equal to one worker's bit for bit."""
+def test_each_run_is_two_fixed_segments_that_the_workers_share(monkeypatch):
+    """On the C kernels, 3 runs on 2 workers: every step runs each run's two segments once, the
+    costliest first, covering the train rows (and on recorded epochs the test rows) once, split at
+    the same row whatever the epoch; both workers take some; records equal one worker's bit for bit."""
     if kernels.library() is None:
         pytest.skip("native kernels did not build here")
     monkeypatch.setenv("PHASELIB_KERNELS", "native")
     from phaselib import engine
-    cfgs = [c.replace(threads=2, epochs=3) for c in mixed_batch(p=23, epochs=3)[:3]]
-    calls: dict[str, list] = {}
-    events: list[tuple[str, str]] = []  # the split run's pieces starting and ending, in time order
-    methods = ("_run_native", "_forward_rows", "_output_grads", "_hidden_grads")
+    cfgs = [c.replace(threads=2, epochs=4, record_every=2) for c in mixed_batch(p=23, epochs=4)[:3]]
+    taken: list[tuple] = []
+    original = engine._Modular._run_segment
 
-    def spy(method):
-        original = getattr(engine._Modular, method)
+    def spy(self, worker, r, lo, hi, record, pre, post):
+        taken.append((worker, r, lo, hi, record, self.ntr[r], self.N))
+        original(self, worker, r, lo, hi, record, pre, post)
 
-        def f(self, w, r, *args):  # (split or whole, run, other arguments)
-            split = w in self.tail_work
-            calls.setdefault(method, []).append((split, r, args))
-            if split:
-                events.append(("start", method))
-            original(self, w, r, *args)
-            if split:
-                events.append(("end", method))
-        return f
-
-    for method in methods:
-        monkeypatch.setattr(engine._Modular, method, spy(method))
+    monkeypatch.setattr(engine._Modular, "_run_segment", spy)
     recs = train_batched(cfgs)
-    tail = min(range(3), key=lambda r: cfgs[r].frac)  # the smallest run is left over
-    whole = [r for split, r, _ in calls["_run_native"]]
-    assert sorted(whole) == sorted([r for r in range(3) if r != tail] * 3) and not any(s for s, _, _ in calls["_run_native"])
-    for method in methods[1:]:  # inside whole runs, on the workers' buffers; the split run's on its own
-        assert sorted(r for split, r, _ in calls[method] if not split) == sorted(whole)
-        assert {r for split, r, _ in calls[method] if split} == {tail}
-    fwd = [args for split, _, args in calls["_forward_rows"] if split]
-    assert len(fwd) == 6
-    for step in range(3):  # every epoch is recorded here: the blocks cover the whole table
-        (lo0, hi0, _), (lo1, hi1, _) = sorted(fwd[2 * step:2 * step + 2])
-        assert lo0 == 0 and hi0 == lo1 and hi1 == 23 * 23 and hi0 % 8 == 0
-    assert sum(split for split, _, _ in calls["_output_grads"]) == sum(split for split, _, _ in calls["_hidden_grads"]) == 3
-    fwd_done = bwd_started = 0  # a backward half starts only once both of its step's forward blocks have ended
-    for kind, method in events:
-        if kind == "end" and method == "_forward_rows":
-            fwd_done += 1
-        elif kind == "start" and method != "_forward_rows":
-            assert fwd_done >= 2 * (bwd_started // 2 + 1)
-            bwd_started += 1
+    assert len(taken) == 4 * 2 * 3
+    splits = {}
+    for step in range(4):  # epochs 0, 2, 3 are recorded (every 2nd and the last)
+        jobs = taken[step * 6:(step + 1) * 6]
+        record = step != 1
+        assert all(j[4] == record for j in jobs)
+        for r in range(3):
+            (lo0, hi0), (lo1, hi1) = sorted((lo, hi) for _, rr, lo, hi, *_ in jobs if rr == r)
+            n, N = next(j[5:] for j in jobs if j[1] == r)
+            assert lo0 == 0 and hi0 == lo1 == engine.segment_split(n, N) and hi1 == (N if record else n)
+            assert hi0 % 8 == 0 and 0 < hi0 < n
+            splits.setdefault(r, set()).add(hi0)
+        cost = [min(hi, n) - min(lo, n) + engine.FORWARD_COST * (hi - max(lo, n)) for _, _, lo, hi, _, n, _ in jobs]
+        assert cost == sorted(cost, reverse=True)
+    assert all(len(v) == 1 for v in splits.values())  # the split does not move between epochs
+    assert {w for w, *_ in taken} == {0, 1}
     alone = train_batched([c.replace(threads=1) for c in cfgs])
     assert all(a.table.equals(b.table) for a, b in zip(recs, alone))
 
 
+def test_segment_split_balances_a_recorded_step():
+    from phaselib.engine import FORWARD_COST, segment_split
+    for n, N in [(6586, 9409), (2822, 9409), (8468, 9409), (60, 121), (8, 9), (1, 529)]:
+        s = segment_split(n, N)
+        assert 0 <= s <= n and (s % 8 == 0 or s == n)
+        first, second = s, (n - s) + FORWARD_COST * (N - n)
+        assert abs(first - second) <= 8 + 1e-9 or (s == n and first < second)
+
+
 @pytest.mark.parametrize("p, width, fracs, threads, record_every", [
-    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.5, 0.085], 5, 1),  # a 10-row tail backward: on an unset pool thread MKL rounds it differently
-    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.15], 3, 3),  # two tail runs, tables too small to split the rows
-    (23, 32, [0.5, 0.7, 0.9, 0.3, 0.05], 3, 3),  # two tails; unrecorded epochs split the 30% run's train rows in two
-    (97, 64, [0.3, 0.5, 0.7, 0.9, 0.4], 3, 2),  # the paper's shapes: two tails, each split in three row blocks
+    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.5, 0.085], 5, 1),  # 12 segments, 5 workers; a 10-row train split: 8 + 2 rows
+    (11, 32, [0.5, 0.7, 0.9, 0.3, 0.15], 3, 3),  # unrecorded epochs between recorded ones
+    (23, 32, [0.5, 0.7, 0.9, 0.3, 0.05], 3, 3),
+    (97, 64, [0.3, 0.5, 0.7, 0.9, 0.4], 3, 2),  # the paper's shapes: segments of several blocks
+    (23, 32, [0.7], 4, 1),  # one run on 4 threads: its two segments on two workers
 ])
 def test_odd_batches_on_several_workers_equal_one_worker(p, width, fracs, threads, record_every, monkeypatch):
-    """Any thread count, any number of leftover runs, recorded or not: bit for bit one worker's records."""
+    """Any thread count, more or fewer segments than workers, recorded or not: bit for bit one
+    worker's records. (A worker whose BLAS was left multi-threaded rounds small matmuls
+    differently: the first case catches that.)"""
     if kernels.library() is None:
         pytest.skip("native kernels did not build here")
     monkeypatch.setenv("PHASELIB_KERNELS", "native")
     ops = ["add", "sub", "mul"]
     cfgs = [RunConfig(modulus=p, operation=ops[i % 3], frac=f, seed=i + 1, epochs=6, width=width, engine="batched",
                       record_every=record_every, **ONE) for i, f in enumerate(fracs)]
-    assert len(cfgs) % threads  # leftover runs to split
     alone = train_batched(cfgs)
     split = train_batched([c.replace(threads=threads) for c in cfgs])
     assert all(a.table.equals(b.table) for a, b in zip(split, alone))
 
 
-def test_workers_take_every_run_once_per_step_longest_first(kernel_path, monkeypatch):
-    """Two workers share an uneven batch through one queue: each step computes every run exactly
-    once, the queue holds the largest train splits first, and the records equal one worker's bit
-    for bit."""
+def test_torch_path_workers_take_every_run_once_per_step_longest_first(monkeypatch):
+    """On the torch path, two workers share an uneven batch through one queue: each step computes
+    every run exactly once, the queue holds the largest train splits first, and the records equal
+    one worker's bit for bit."""
+    monkeypatch.setenv("PHASELIB_KERNELS", "torch")
     from phaselib import engine
     cfgs = [c.replace(threads=2, epochs=4) for c in mixed_batch(epochs=4)]
     taken: list[tuple[int, int]] = []
-    method = "_run_native" if kernel_path == "native" else "_run_torch"
-    original = getattr(engine._Modular, method)
+    original = engine._Modular._run_torch
     orders = []
 
-    def spy(self, w, r, P, G, record):
-        taken.append((self.work.index(w), r))
+    def spy(self, worker, r, P, G, record):
+        taken.append((worker, r))
         orders.append(self.queue_order)
-        original(self, w, r, P, G, record)
+        original(self, worker, r, P, G, record)
 
-    monkeypatch.setattr(engine._Modular, method, spy)
+    monkeypatch.setattr(engine._Modular, "_run_torch", spy)
     recs = train_batched(cfgs)
     R = len(cfgs)
     assert len(taken) == 4 * R

@@ -199,3 +199,68 @@ def test_xent_rows_may_write_the_gradient_over_its_own_logits():
     for other in (zz[1:, :13], zz[:, 1:14], zz.view(-1)[:300 * 13].view(300, 13)):  # overlapping, not row-aligned
         with pytest.raises(ValueError, match="dz: a view overlapping z"):
             kernels.xent_rows(zz, 13, 10, y, EXP_FLOOR, None, None, other)
+
+
+def one_hot_mlp(p: int = 13, width: int = 16, seed: int = 0):
+    """Random float64 weights of a one-hot MLP and the kernel layouts of their float32 values."""
+    g = torch.Generator().manual_seed(seed)
+    W1, b1 = torch.randn(width, 2 * p, generator=g, dtype=torch.float64), torch.randn(width, generator=g, dtype=torch.float64)
+    W2, b2 = torch.randn(p, width, generator=g, dtype=torch.float64), torch.randn(p, generator=g, dtype=torch.float64)
+    W1, b1, W2, b2 = (t.float().double() for t in (W1, b1, W2, b2))  # exactly representable in float32
+    P8 = -(-p // 8) * 8
+    E = torch.empty(2 * p, width + 1)
+    E[:p, :width], E[p:, :width], E[:, width] = (W1[:, :p] + b1[:, None]).T.float(), W1[:, p:].T.float(), 0.5
+    W2T = torch.zeros(width + 1, P8)
+    W2T[:width, :p], W2T[width, :p], W2T[width, p:] = W2.T.float(), b2.float(), -torch.inf
+    return (W1, b1, W2, b2), (E, W2T, W2.float().contiguous())
+
+
+@native
+@pytest.mark.parametrize("n_train, segments, block", [(100, [0, 48, 169], 32), (169, [0, 169], 256), (40, [0, 40, 169], 7)])
+def test_modular_rows_matches_float64_autograd(n_train, segments, block):
+    """The fused step's segments, summed, give the dense one-hot model's float64 gradient of the
+    summed train loss, and every row's loss and hit; test rows add no gradient."""
+    p, width = 13, 16
+    (W1, b1, W2, b2), (E, W2T, W2f) = one_hot_mlp(p, width)
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randperm(p * p, generator=g)
+    a, b = rows // p, rows % p
+    y = (a + b) % p
+    params = [t.clone().requires_grad_() for t in (W1, b1, W2, b2)]
+    x = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], 1).double()
+    z = F.linear(torch.relu(F.linear(x, params[0], params[1])), params[2], params[3])
+    nll_true = F.cross_entropy(z, y, reduction="none")
+    nll_true[:n_train].sum().backward()
+    dW2, dE, db1 = torch.zeros(width + 1, p), torch.zeros(2 * p, width), torch.zeros(width)
+    nll, correct = torch.empty(p * p), torch.empty(p * p, dtype=torch.bool)
+    for lo, hi in zip(segments, segments[1:]):
+        s2, sE, s1 = torch.empty(width + 1, p), torch.empty(2 * p, width), torch.empty(width)
+        kernels.modular_rows(E, W2T, W2f, a.long(), (b + p).long(), y.long(), lo, hi, n_train, EXP_FLOOR, s2, sE, s1,
+                             nll, correct, block=block)
+        dW2, dE, db1 = dW2 + s2, dE + sE, db1 + s1
+
+    def close(got, want):
+        want = want.detach()
+        np.testing.assert_allclose(got.double().numpy(), want.numpy(), rtol=0,
+                                   atol=2e-5 * float(want.abs().max()))
+    close(dW2[:width], params[2].grad.T)
+    close(dW2[width], params[3].grad)
+    close(dE, params[0].grad.T)
+    close(db1, params[1].grad)
+    close(nll, nll_true)
+    assert torch.equal(correct, z.argmax(1) == y)  # no exact ties in random float64 logits
+
+
+@native
+def test_modular_rows_refuses_bad_arguments():
+    _, (E, W2T, W2) = one_hot_mlp()
+    ia, ib, y = torch.zeros(10, dtype=torch.long), torch.full((10,), 13), torch.zeros(10, dtype=torch.long)
+    out = torch.empty(17, 13), torch.empty(26, 16), torch.empty(16)
+    with pytest.raises(ValueError, match="modular_rows: shapes"):
+        kernels.modular_rows(E, W2T, W2[:, :15], ia, ib, y, 0, 10, 5, EXP_FLOOR, *out)
+    with pytest.raises(ValueError, match="lo, hi, n_train: 0, 11, 5 are invalid"):
+        kernels.modular_rows(E, W2T, W2, ia, ib, y, 0, 11, 5, EXP_FLOOR, *out)
+    with pytest.raises(ValueError, match="index"):
+        kernels.modular_rows(E, W2T, W2, ia, ib + 13, y, 0, 10, 5, EXP_FLOOR, *out)
+    with pytest.raises(ValueError, match="nll, correct"):
+        kernels.modular_rows(E, W2T, W2, ia, ib, y, 0, 10, 5, EXP_FLOOR, *out, nll=torch.empty(10))
