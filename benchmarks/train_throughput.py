@@ -43,8 +43,8 @@ run it cannot. Each repeat's own figures stay in ``per_repeat``.
 
 ``per_batch`` breaks the slice down by the sweep's batches (task, runs, both engines' ms per
 run-epoch, speedup, achieved GFLOP/s; medians over repeats): the study's ratio is a mix of a
-small modular batch (3 runs on 2 workers: two whole runs, and with the C kernels the third split
-between the workers, see ``phaselib.engine._Modular``), the regression control (tiny tensors,
+small modular batch (3 runs on 2 workers: with the C kernels, six row segments shared by the
+workers, see ``phaselib.engine._Modular``), the regression control (tiny tensors,
 overhead-bound) and the 9-run batch, which comes closest to the GEMM floor.
 
 The batched engine runs with the fused C kernels of ``phaselib/kernels.c`` when they build
