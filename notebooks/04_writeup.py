@@ -216,6 +216,13 @@ if len(ranked) == 0:
 # Each row: the paper's figure, this study's figure with its CI, and a verdict with its reason.
 # The paper's claims are judged on modular addition (per-fraction claims on the seed grid, one
 # horizon for all fractions); other operations follow as "extension" rows.
+#
+# A caution on single-run figures: a run's lag is sensitive to float32 rounding order. A
+# correct change of summation order (another engine, kernel path or thread layout) can move one
+# run's lag by tens of epochs, enough to flip its sign, while its peak and generalisation epochs
+# barely move (`python benchmarks/lag_rounding.py` shows this on one run). So a verdict that
+# rests on a single run's sign, such as "in all runs", can change between code versions; the
+# per-fraction means and their intervals over seeds are the robust figures.
 
 # %% tags=["nbval-check-output"]
 claims = claims_table(summary)
