@@ -21,8 +21,8 @@ the same shapes, one run per worker, as the streams above) for the same epochs:
 ``batched_ms_per_run_epoch``, ``speedup`` (= reference / batched) and ``gemm_share`` (= floor /
 batched: the part of the engine's time that these GEMMs alone would take; 1 - gemm_share is
 what removing every other cost could still save). The floor is torch's own matmuls (MKL in the
-x86 wheels); the C kernels do these products with register tiles of their own, which measured
-faster than MKL on these shapes on one core here, so ``gemm_share`` can come near 1 or pass it.
+x86 wheels); the C kernels do these products with register tiles of their own, which can be
+faster than MKL on these shapes, so ``gemm_share`` can come near 1 or pass it.
 
 JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``,
 ``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share`` and ``gemm_gflops`` (=

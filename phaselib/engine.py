@@ -73,17 +73,19 @@ def padded_classes(p: int) -> int:
 
 
 SEGMENTS = 2
-"""Fixed row segments of each run's modular step on the C kernels: each is one job for a worker, with
-its own gradient sums, which the engine adds in segment order. Fixed per run, so a run's numbers do
-not depend on the thread count, and one run still fills two cores."""
+"""Fixed row segments of each run's modular step on the C kernels (split at :func:`segment_split`;
+the step is written for two): each is one job for a worker, with its own gradient sums, which the
+engine adds in segment order. Fixed per run, so a run's numbers do not depend on the thread count,
+and one run still fills two cores."""
 
 BLOCK_ROWS = 256
 """Rows per block of the fused C step: a block's hidden layer, logits and gradients (about 180 KB
 at p = 97, width 64) stay in a core's L2 while the three matmuls and the kernels pass over it."""
 
 FORWARD_COST = 0.42
-"""Cost of a test row (forward and loss only) relative to a train row, for balancing the segments
-(measured 0.41-0.43 on one core here at p = 97, width 64, for blocks of 128 to 512 rows)."""
+"""Cost of a test row (forward and loss only) relative to a train row, for balancing the segments:
+``kernels.modular_rows`` timed on a train-only and a test-only row range (p = 97, width 64, one
+core), as the commit that set it describes. It moves the split, so the records' last bits, not what they mean."""
 
 
 def segment_split(n: int, N: int) -> int:

@@ -151,18 +151,26 @@ void hidden_rows(const float *E, int64_t width, const int64_t *ia, const int64_t
  * i < n in row order, where g_i = dh[i] where h[i] > 0, else 0 (ReLU's derivative, as
  * torch's threshold_backward: h <= 0 gives 0, NaN passes the gradient). dE (dest_rows x width)
  * is zeroed first. h has row stride ldh >= width. */
+/* dE[ia[i]] += g_i, dE[ib[i]] += g_i (and db1 += g_i if db1 is given) over rows i < n in row
+ * order, g_i = dh[i] * (h[i] > 0); dh has row stride lddh, h ldh, dE `width`. */
+static void scatter_rows(const float *dh, int64_t lddh, const float *h, int64_t ldh, const int64_t *ia,
+                         const int64_t *ib, int64_t n, int64_t width, float *dE, float *db1) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *gi = dh + i * lddh, *hi = h + i * ldh;
+        float *da = dE + ia[i] * width, *db = dE + ib[i] * width;
+        for (int64_t k = 0; k < width; k++) {
+            const float g = hi[k] <= 0.0f ? 0.0f : gi[k];
+            da[k] += g;
+            db[k] += g;
+            if (db1) db1[k] += g;
+        }
+    }
+}
+
 void scatter_hidden_grad(const float *dh, const float *h, int64_t ldh, const int64_t *ia, const int64_t *ib,
                          int64_t n, int64_t width, int64_t dest_rows, float *dE) {
     memset(dE, 0, sizeof(float) * (size_t)(dest_rows * width));
-    for (int64_t i = 0; i < n; i++) {
-        const float *gi = dh + i * width, *hi = h + i * ldh;
-        float *da = dE + ia[i] * width, *db = dE + ib[i] * width;
-        for (int64_t k = 0; k < width; k++) {
-            float g = hi[k] <= 0.0f ? 0.0f : gi[k];
-            da[k] += g;
-            db[k] += g;
-        }
-    }
+    scatter_rows(dh, width, h, ldh, ia, ib, n, width, dE, NULL);
 }
 
 /* ---------------------------------------------------------------- small matmuls
@@ -172,8 +180,9 @@ void scatter_hidden_grad(const float *dh, const float *h, int64_t ldh, const int
  * accumulators (enough independent chains to cover the FMA latency on two pipes). Each C entry is
  * a plain kk-ascending FMA chain, so the result depends only on the inputs, never on alignment,
  * thread or block boundaries (torch's BLAS rounded the same product differently by the address of
- * its output). On the engine's shapes (256 rows, k = 65 or 97, 104 or 64 columns) these measured
- * faster than MKL's sgemm on one core here (benchmarks/train_throughput.py times the whole step). */
+ * its output). On the engine's block shapes they ran faster than MKL's sgemm on one core in a C
+ * harness during development (method and figures: the message of the commit that added them);
+ * benchmarks/train_throughput.py times the whole step against the torch path. */
 static inline __attribute__((always_inline)) void mm_tile(const int MR, const int NV, const float *A, int64_t ars,
                                                           int64_t aks, const float *B, int64_t ldb, float *C,
                                                           int64_t ldc, int64_t k, int acc) {
@@ -299,16 +308,7 @@ void modular_rows(const float *E, const float *W2T, const float *W2, int64_t p, 
         if (nt) {
             mm_acc_long_k(K, P8 / 8, nt, hbuf, 1, K, zbuf, P8, dW2, P8);
             mm_rows(nt, H8 / 8, p, zbuf, P8, 1, W2, H8, dhbuf, H8, 0);
-            for (int64_t i = 0; i < nt; i++) {
-                const float *gi = dhbuf + i * H8, *hr = hbuf + i * K;
-                float *da = dE + ia[b0 + i] * width, *db = dE + ib[b0 + i] * width;
-                for (int64_t k = 0; k < width; k++) {
-                    const float g = hr[k] <= 0.0f ? 0.0f : gi[k];
-                    da[k] += g;
-                    db[k] += g;
-                    db1[k] += g;
-                }
-            }
+            scatter_rows(dhbuf, H8, hbuf, K, ia + b0, ib + b0, nt, width, dE, db1);
         }
         b0 += b;
     }

@@ -166,8 +166,8 @@ def _rows_ptr(t: torch.Tensor, name: str) -> int:
 
 
 def check_index(rows: int, *index: torch.Tensor) -> None:
-    """The C loops trust their row indices and labels; the wrappers refuse out-of-range ones unless
-    ``check=False`` (the engine validates its fixed indices once, not every step)."""
+    """The C loops trust their row indices and labels: the wrappers refuse out-of-range ones, and the
+    engine, which calls the C step directly, checks its fixed indices once."""
     for ix in index:
         if ix.numel() and (int(ix.min()) < 0 or int(ix.max()) >= rows):
             raise ValueError(f"index: values outside [0, {rows}) are invalid; allowed: row indices of a "
@@ -175,22 +175,18 @@ def check_index(rows: int, *index: torch.Tensor) -> None:
 
 
 def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: float,
-              nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor, check: bool = True,
-              shift: torch.Tensor | None = None) -> None:
+              nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor) -> None:
     """Softmax cross-entropy of the rows of ``z`` (rows, ldz): per-row ``nll`` and ``correct``
     (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c.
 
     ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself (each row is
-    read before it is overwritten), but no other view of ``z``'s storage.
-
-    ``shift`` is an optional (>= rows) float32 scratch for ``z_label - max`` (the engine passes a
-    preallocated one; otherwise one is allocated per call)."""
+    read before it is overwritten), but no other view of ``z``'s storage."""
     rows, ldz = z.shape
     if ldz % 8 or p > ldz or n_train > rows or y.shape[0] < rows or dz.shape[0] < n_train or dz.shape[1] != p:
         raise ValueError(f"xent_rows: shapes z {tuple(z.shape)}, p {p}, n_train {n_train}, y {tuple(y.shape)}, "
                          f"dz {tuple(dz.shape)} are invalid; allowed: ldz a multiple of 8 >= p, "
                          "n_train <= rows <= len(y), dz (>= n_train, p)")
-    if check and rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
+    if rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
         raise ValueError(f"y: labels outside [0, {p}) are invalid; allowed: class indices below p = {p}")
     if n_train and dz.untyped_storage().data_ptr() == z.untyped_storage().data_ptr() \
             and (dz.data_ptr() != z.data_ptr() or dz.stride(0) != ldz):  # dz written: no other view of z's memory
@@ -203,10 +199,7 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     if nll is not None and min(nll.shape[0], correct.shape[0]) < rows:
         raise ValueError(f"nll, correct: {nll.shape[0]}, {correct.shape[0]} entries are invalid; allowed: at least "
                          f"one per row ({rows})")
-    if nll is None:
-        shift = None
-    elif shift is None or shift.shape[0] < rows:
-        shift = torch.empty(rows)
+    shift = torch.empty(rows) if nll is not None else None  # z_label - max
     _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
                         _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
                         _rows_ptr(dz, "dz"), dz.stride(0))
@@ -214,20 +207,19 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
         nll[:rows].log_().sub_(shift[:rows])
 
 
-def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Tensor, check: bool = True) -> None:
+def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Tensor) -> None:
     """``h[i] = relu(E[ia[i]] + E[ib[i]])`` for the rows of ``h``. See kernels.c."""
     rows, width = h.shape
     if E.shape[1] != width or ia.shape[0] < rows or ib.shape[0] < rows:
         raise ValueError(f"hidden_rows: shapes E {tuple(E.shape)}, ia {tuple(ia.shape)}, h {tuple(h.shape)} "
                          "are invalid; allowed: E and h of equal width, at least as many indices as rows")
-    if check:
-        check_index(E.shape[0], ia[:rows], ib[:rows])
+    check_index(E.shape[0], ia[:rows], ib[:rows])
     _native().hidden_rows(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
                           _ptr(h, torch.float32))
 
 
 def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
-                        dE: torch.Tensor, check: bool = True) -> None:
+                        dE: torch.Tensor) -> None:
     """``dE = 0; dE[ia[i]] += dh[i] * (h[i] > 0); dE[ib[i]] += ...`` in row order. See kernels.c.
 
     ``h`` is a row slice of a wider contiguous buffer (its first ``width`` columns are used).
@@ -237,8 +229,7 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
         raise ValueError(f"scatter_hidden_grad: shapes dh {tuple(dh.shape)}, h {tuple(h.shape)}, "
                          f"dE {tuple(dE.shape)} are invalid; allowed: h at least dh's rows and width, dE dh's width")
     h_ptr = _rows_ptr(h, "h")
-    if check:
-        check_index(dE.shape[0], ia[:n], ib[:n])
+    check_index(dE.shape[0], ia[:n], ib[:n])
     _native().scatter_hidden_grad(_ptr(dh, torch.float32), h_ptr, h.stride(0), _ptr(ia, torch.int64),
                                   _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))
 
@@ -246,7 +237,7 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
 def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
                  y: torch.Tensor, lo: int, hi: int, n_train: int, floor: float, dW2: torch.Tensor,
                  dE: torch.Tensor, db1: torch.Tensor, nll: torch.Tensor | None = None,
-                 correct: torch.Tensor | None = None, block: int = 256, check: bool = True) -> None:
+                 correct: torch.Tensor | None = None, block: int = 256) -> None:
     """Rows ``[lo, hi)`` of a one-hot MLP's modular step, fused block by block (see kernels.c):
     ``dW2`` (width + 1, p), ``dE`` (rows of E, width) and ``db1`` (width) receive these rows' gradient
     sums (rows < ``n_train`` only), and ``nll``/``correct`` (indexed by row) their loss and hit.
@@ -270,9 +261,8 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch
         raise ValueError("nll, correct: allowed both (one entry per row, at least hi) or neither")
     if not -87.0 <= floor <= 0.0:
         raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
-    if check:
-        check_index(E.shape[0], ia[lo:hi], ib[lo:hi])
-        check_index(p, y[lo:hi])
+    check_index(E.shape[0], ia[lo:hi], ib[lo:hi])
+    check_index(p, y[lo:hi])
     H8 = -(-width // 8) * 8
     W2p = torch.zeros(p, H8)
     W2p[:, :width] = W2
