@@ -219,10 +219,10 @@ if len(ranked) == 0:
 #
 # A caution on single-run figures: a run's lag is sensitive to float32 rounding order. A
 # correct change of summation order (another engine, kernel path or thread layout) can move one
-# run's lag by tens of epochs, enough to flip its sign, while its peak and generalisation epochs
-# barely move (`python benchmarks/lag_rounding.py` shows this on one run). So a verdict that
-# rests on a single run's sign, such as "in all runs", can change between code versions; the
-# per-fraction means and their intervals over seeds are the robust figures.
+# run's lag more than its peak or generalisation epoch (`python benchmarks/lag_rounding.py`
+# measures how much, on one run). So a verdict that rests on a single run's sign, such as "in all
+# runs", can change between code versions; the per-fraction means and their intervals over seeds
+# are the robust figures.
 
 # %% tags=["nbval-check-output"]
 claims = claims_table(summary)
