@@ -222,14 +222,19 @@ static inline __attribute__((always_inline)) void mm_tile(const int MR, const in
         }
 }
 
-/* One strip of MR rows of C over the columns [0, 8 nv): tiles of 3, then 2 or 1, vectors. */
+/* One strip of MR rows of C over the columns [0, 8 nv): tiles of 3 vectors, the rest in tiles of 2
+ * (and at most one of 1). A remainder of 4 goes as 2 + 2, not 3 + 1: a 1-vector tile has only MR
+ * independent FMA chains, too few to cover the FMA latency: at p = 97 (13 vectors), 4 of a 4-row
+ * strip's 28 cycles per k step went to a thirteenth of its work (the logits' matmul measured 91 ->
+ * 98 GFLOP/s on one core in a C harness, details in the commit message). Same bits either way. */
 #define MM_STRIP(MR)                                                                                                 \
     static void mm_strip_##MR(const float *A, int64_t ars, int64_t aks, const float *B, int64_t ldb, float *C,      \
                               int64_t ldc, int64_t nv, int64_t k, int acc) {                                         \
         int64_t v = 0;                                                                                               \
-        for (; v + 3 <= nv; v += 3) mm_tile(MR, 3, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);            \
-        if (nv - v == 2) mm_tile(MR, 2, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                       \
-        else if (nv - v == 1) mm_tile(MR, 1, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                  \
+        for (; v + 3 <= nv && nv - v != 4; v += 3)                                                                  \
+            mm_tile(MR, 3, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                                     \
+        for (; v + 2 <= nv; v += 2) mm_tile(MR, 2, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);            \
+        if (v < nv) mm_tile(MR, 1, A, ars, aks, B + 8 * v, ldb, C + 8 * v, ldc, k, acc);                             \
     }
 MM_STRIP(4)
 MM_STRIP(3)
@@ -257,13 +262,13 @@ static void mm_rows(int64_t m, int64_t nv, int64_t k, const float *A, int64_t ar
 /* C += A B over a long k (the output layer's gradient: k = a block's rows), in chunks of 64 rows
  * of B and, within a chunk, column panels of 3 vectors outermost, so the panel (64 x 24 floats)
  * stays in L1 while every strip of C passes over it (with the whole k at once it did not fit,
- * and the loop ran at 60% of this speed). */
+ * and the loop ran at 60% of this speed). Panels of 3 vectors, a remainder of 4 as 2 + 2 (see MM_STRIP). */
 static void mm_acc_long_k(int64_t m, int64_t nv, int64_t k, const float *A, int64_t ars, int64_t aks,
                           const float *B, int64_t ldb, float *C, int64_t ldc) {
     for (int64_t k0 = 0; k0 < k; k0 += 64) {
         const int64_t kc = k - k0 < 64 ? k - k0 : 64;
-        for (int64_t v = 0; v < nv; v += 3) {
-            const int64_t w = nv - v < 3 ? nv - v : 3;
+        for (int64_t v = 0, w; v < nv; v += w) {
+            w = nv - v == 4 ? 2 : nv - v < 3 ? nv - v : 3;
             for (int64_t i = 0; i < m; i += 4)
                 mm_strip(m - i < 4 ? m - i : 4, A + i * ars + k0 * aks, ars, aks, B + k0 * ldb + 8 * v, ldb,
                          C + i * ldc + 8 * v, ldc, w, kc, 1);
