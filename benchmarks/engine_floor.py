@@ -24,11 +24,24 @@ what removing every other cost could still save). The floor is torch's own matmu
 x86 wheels); the C kernels do these products with register tiles of their own, which can be
 faster than MKL on these shapes, so ``gemm_share`` can come near 1 or pass it.
 
+The hard ceiling, measured rather than taken from MKL: ``fma_peak_gflops`` is the cores' peak
+float32 multiply-add rate (fma_peak.py: every core at once, best of three). ``peak_ms`` = the
+model's useful FLOPs per run-epoch (train_throughput.py's count: no padding, no bias unit) at that
+rate, and ``max_speedup_at_fma_peak`` = reference / peak_ms: what an engine would reach whose only
+cost were these FLOPs at the peak, which no real matmul reaches (it also loads its operands) and
+which leaves the softmax, gather, scatter and optimiser free. How near the C kernels come:
+``fused_step_ms`` is one run's whole fused step (``modular_rows`` over every row) on one core, and
+``fused_peak_fraction`` = the FLOPs its matmuls do (``kernel_gflop_per_run_epoch``: padded to 104
+classes in dW2 as well, and dh's width to a multiple of 8) at one core's peak / fused_step_ms: the
+share of the step that is matmul at full speed.
+
 JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``,
-``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share`` and ``gemm_gflops`` (=
+``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share``, ``fma_peak_gflops``, ``peak_ms``,
+``max_speedup_at_fma_peak``, ``fused_step_ms``, ``fused_peak_fraction`` and ``gemm_gflops`` (=
 ``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts the FLOPs of the
 padded shapes above (the engine's real work; train_throughput.py counts the unpadded model's,
-64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's figures, with ``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
+64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's figures, with
+``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
 """
 from __future__ import annotations
 
@@ -43,11 +56,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fma_peak import fma_peak_gflops  # noqa: E402
+from phaselib import kernels  # noqa: E402
 from phaselib.config import RunConfig  # noqa: E402
-from phaselib.engine import padded_classes  # noqa: E402
+from phaselib.engine import EXP_FLOOR, padded_classes  # noqa: E402
 from phaselib.train import make_dataset, train_reference  # noqa: E402
-from train_throughput import (intra_and_streams, medians, ms_per_pass, time_batched, time_reference,  # noqa: E402
-                              write_json)
+from train_throughput import (intra_and_streams, medians, ms_per_pass, run_epoch_flops, time_batched,  # noqa: E402
+                              time_reference, write_json)
 
 
 def gemms(N: int, n: int, H: int, p: int) -> dict[str, Callable[[], object]]:
@@ -70,6 +85,22 @@ def floor_ms(N: int, n: int, H: int, p: int, threads: int, seconds: float) -> di
             "per_gemm_ms_all_threads": one_each}
 
 
+def fused_step_call(cfg: RunConfig) -> list[Callable[[], object]]:
+    """One run's whole fused modular step (``kernels.modular_rows`` over every row of the table, in
+    one call on the calling thread) on random weights, as the engine's kernels run it."""
+    d = make_dataset(cfg)
+    N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.arange(N) // p, torch.arange(N) % p
+    E = torch.randn(2 * p, H + 1, generator=g)
+    E[:, H] = 0.5
+    W2T = torch.full((H + 1, padded_classes(p)), -torch.inf)
+    W2T[:, :p] = torch.randn(H + 1, p, generator=g)
+    W2 = W2T[:H, :p].T.contiguous()
+    out = torch.empty(H + 1, p), torch.empty(2 * p, H), torch.empty(H), torch.empty(N), torch.empty(N, dtype=torch.bool)
+    return [lambda: kernels.modular_rows(E, W2T, W2, a, b + p, (a + b) % p, 0, N, n, EXP_FLOOR, *out)]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path)
@@ -86,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     d = make_dataset(cfg)
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
     flop = 2 * N * (H + 1) * padded_classes(p) + 2 * n * (H + 1) * p + 2 * n * p * H
+    useful = run_epoch_flops(cfg)
+    kernel_flop = 2 * (N + n) * (H + 1) * padded_classes(p) + 2 * n * p * (-(-H // 8) * 8)
+    native = kernels.library() is not None
     copies = [cfg.replace(seed=42 + k, engine="batched") for k in range(max(1, threads))]
     train_reference(cfg.replace(epochs=3))  # warm both paths (allocator, first kernel calls, C kernels' build)
     time_batched([[c.replace(epochs=3) for c in copies]], 1)
@@ -96,22 +130,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         bat = time_batched([copies], args.warmup)
         bat_ms = bat["loop_s"] / bat["run_epochs"] * 1e3
         f = floor_ms(N, n, H, p, threads, args.seconds)
+        fma = fma_peak_gflops(threads, 0.3)
+        peak, peak_ms = fma["all_cores"], useful / fma["all_cores"] / 1e6
+        fused_ms = ms_per_pass(lambda: fused_step_call(cfg), args.seconds / 2) if native else float("nan")
         reps.append({"reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms, **f,
                      "max_speedup": ref_ms / f["floor_ms"], "speedup": ref_ms / bat_ms,
-                     "gemm_share": f["floor_ms"] / bat_ms, "gemm_gflops": flop / f["floor_ms"] / 1e6})
+                     "gemm_share": f["floor_ms"] / bat_ms, "gemm_gflops": flop / f["floor_ms"] / 1e6,
+                     "fma_peak_gflops": peak, "peak_ms": peak_ms, "max_speedup_at_fma_peak": ref_ms / peak_ms,
+                     "fused_step_ms": fused_ms, "fused_peak_fraction": kernel_flop / fma["one_core"] / 1e6 / fused_ms})
         print(f"repeat {i + 1}/{args.repeats}: reference {ref_ms:.2f} ms/run-epoch, batched {bat_ms:.2f}; GEMM floor "
               f"{f['floor_ms']:.2f} ms ({flop / f['floor_ms'] / 1e6:.0f} GFLOP/s) -> max speedup "
               f"x{ref_ms / f['floor_ms']:.1f}, engine x{ref_ms / bat_ms:.1f}, GEMM share of the engine's time "
-              f"{f['floor_ms'] / bat_ms:.2f}", flush=True)
+              f"{f['floor_ms'] / bat_ms:.2f}; FMA peak {peak:.0f} GFLOP/s -> useful FLOPs alone {peak_ms:.2f} ms "
+              f"(x{ref_ms / peak_ms:.1f}); fused step on one core {fused_ms:.2f} ms, "
+              f"{kernel_flop / fma['one_core'] / 1e6 / fused_ms:.2f} of it matmul at peak", flush=True)
     med = medians(reps, ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "floor_ms", "max_speedup",
-                         "speedup", "gemm_share", "gemm_gflops"))
+                         "speedup", "gemm_share", "gemm_gflops", "fma_peak_gflops", "peak_ms",
+                         "max_speedup_at_fma_peak", "fused_step_ms", "fused_peak_fraction"))
     result = {"workload": f"p=97, width {H}, frac {args.frac}: N={N} table rows, n={n} train rows",
-              "threads": threads, "gemm_gflop_per_run_epoch": flop / 1e9, **med, "per_repeat": reps}
+              "threads": threads, "gemm_gflop_per_run_epoch": flop / 1e9, "useful_gflop_per_run_epoch": useful / 1e9,
+              "kernel_gflop_per_run_epoch": kernel_flop / 1e9,
+              "kernels": "native" if native else "torch (fused step not timed: NaN)", **med, "per_repeat": reps}
     print(f"medians of {args.repeats}: reference {med['reference_ms_per_run_epoch']:.2f} ms/run-epoch, GEMM floor "
           f"{med['floor_ms']:.2f} ms ({med['gemm_gflops']:.0f} GFLOP/s on {flop / 1e9:.3f} GFLOP): an engine "
           f"whose only cost were these GEMMs would be x{med['max_speedup']:.1f} the reference; the batched engine "
           f"({med['batched_ms_per_run_epoch']:.2f} ms/run-epoch, {len(copies)} copies of the run) is "
-          f"x{med['speedup']:.1f}, and these GEMMs are {med['gemm_share']:.2f} of its time")
+          f"x{med['speedup']:.1f}, and these GEMMs are {med['gemm_share']:.2f} of its time. At the cores' FMA peak "
+          f"({med['fma_peak_gflops']:.0f} GFLOP/s) the useful {useful / 1e9:.3f} GFLOP take {med['peak_ms']:.2f} ms "
+          f"(x{med['max_speedup_at_fma_peak']:.1f} the reference, if nothing else cost anything); one run's fused step "
+          f"takes {med['fused_step_ms']:.2f} ms on one core, {med['fused_peak_fraction']:.2f} of it matmul at peak")
     write_json(args.json, result)
     return result
 

@@ -34,6 +34,15 @@ run).
 ``roofline_fraction`` = achieved_gflops / sgemm_gflops. A 2048^3 sgemm is measured alongside
 (``sgemm_square_gflops``) for context.
 
+The cores' own ceiling, for context: ``fma_peak_gflops`` is their peak float32 multiply-add rate
+(fma_peak.py: all cores at once, best of three; the best repeat's in the summary), which no
+matmul passes. ``peak_fraction`` = achieved_gflops / fma_peak_gflops, and
+``speedup_at_fma_peak`` = reference ms per run-epoch / (counted FLOPs per run-epoch at that rate):
+the speedup of an engine whose every counted FLOP ran at the peak and whose softmax, gather,
+scatter and optimiser cost nothing (= speedup x fma_peak_gflops / achieved_gflops; in the summary,
+of the medians and the best peak). A target speedup S needs peak_fraction >= S /
+speedup_at_fma_peak over the whole step.
+
 Summary across repeats: times, speedups and ``achieved_gflops`` are medians; ``sgemm_gflops`` (and
 the square one) is the *best* repeat's, and the summary ``roofline_fraction`` = median achieved /
 best sgemm. sgemm is timed after the engines, so on a shared machine one of its measurements can
@@ -71,6 +80,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fma_peak import fma_peak_gflops  # noqa: E402
 from phaselib import kernels  # noqa: E402
 from phaselib.config import RunConfig  # noqa: E402
 from phaselib.engine import train_batched  # noqa: E402
@@ -301,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             runs[name] = fn()
         sgemm = sgemm_gflops(9409, 64, 97, threads)
         square = sgemm_gflops(2048, 2048, 2048, threads)
+        fma = fma_peak_gflops(threads, 0.3)["all_cores"]
         sg, sq = sgemm["best"], square["best"]
         ref, bat = runs["reference"], runs["batched"]
         ref_ms = ref["loop_s"] / ref["run_epochs"] * 1e3
@@ -309,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         reps.append({"reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms,
                      "speedup": ref_ms / bat_ms, "achieved_gflops": achieved, "sgemm_gflops": sg,
                      "roofline_fraction": achieved / sg, "sgemm_square_gflops": sq,
-                     "roofline_fraction_square": achieved / sq, "sgemm_intra_op_gflops": sgemm["intra_op"],
+                     "roofline_fraction_square": achieved / sq, "fma_peak_gflops": fma,
+                     "peak_fraction": achieved / fma, "speedup_at_fma_peak": ref_ms / bat_ms * fma / achieved,
+                     "sgemm_intra_op_gflops": sgemm["intra_op"],
                      "sgemm_streams_gflops": sgemm["streams"],
                      "reference_wall_s": ref["wall_s"], "batched_wall_s": bat["wall_s"],
                      "max_rel_diff_grad_norm": agreement(ref["records"], bat["records"]),
@@ -326,9 +341,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     med = medians(reps, [k for k in reps[0] if k != "per_batch"])
     med_batches = [{k: (v if isinstance(v, (str, int)) else statistics.median(r["per_batch"][j][k] for r in reps))
                     for k, v in b.items()} for j, b in enumerate(reps[0]["per_batch"])]
-    for peak, frac in (("sgemm_gflops", "roofline_fraction"), ("sgemm_square_gflops", "roofline_fraction_square")):
-        med[peak] = max(r[peak] for r in reps)  # the best sustained sgemm of the run (see the docstring)
+    for peak, frac in (("sgemm_gflops", "roofline_fraction"), ("sgemm_square_gflops", "roofline_fraction_square"),
+                       ("fma_peak_gflops", "peak_fraction")):
+        med[peak] = max(r[peak] for r in reps)  # the best sustained rate of the run (see the docstring)
         med[frac] = med["achieved_gflops"] / med[peak]
+    med["speedup_at_fma_peak"] = med["speedup"] * med["fma_peak_gflops"] / med["achieved_gflops"]
     result = {
         "workload": (f"fixed-epoch slice of the paper's 15-run study ({args.params.name}): all {len(ref_cfgs)} runs, "
                      f"in the sweep's batches of {[len(g) for g in groups]}, {args.epochs} epochs each, the first "
@@ -338,7 +355,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "kernels": "native" if native else "torch",
         **{k: med[k] for k in ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "speedup",
                                "achieved_gflops", "sgemm_gflops", "roofline_fraction", "sgemm_square_gflops",
-                               "roofline_fraction_square", "max_rel_diff_grad_norm",
+                               "roofline_fraction_square", "fma_peak_gflops", "peak_fraction",
+                               "speedup_at_fma_peak", "max_rel_diff_grad_norm",
                                "batched_torch_ops_ms_per_run_epoch", "kernel_speedup") if k in med},
         "per_batch": med_batches,
         "sgemm_shape": [9409, 64, 97],
@@ -356,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"batched {med['batched_ms_per_run_epoch']:.2f}, speedup x{med['speedup']:.1f}; "
           f"batched {med['achieved_gflops']:.1f} GFLOP/s against sgemm {med['sgemm_gflops']:.1f} "
           f"(roofline fraction {med['roofline_fraction']:.2f}; square sgemm {med['sgemm_square_gflops']:.1f}); "
+          f"FMA peak {med['fma_peak_gflops']:.1f} (peak fraction {med['peak_fraction']:.2f}; every counted FLOP at "
+          f"the peak would be x{med['speedup_at_fma_peak']:.1f}); "
           f"full study estimated {result['study_estimate_s']['reference']:.0f} s -> "
           f"{result['study_estimate_s']['batched']:.0f} s; engines agree to {med['max_rel_diff_grad_norm']:.1e}"
           + (f"; fused kernels x{med['kernel_speedup']:.2f} over torch ops" if native else "; kernels: torch ops"))
