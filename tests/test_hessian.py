@@ -165,6 +165,28 @@ def test_layer_blocks(case, layer, method):
         H.param_names(model, "fc9")
 
 
+def test_one_hot_columns():
+    x = torch.tensor([[0.0, 1, 0, 1], [1, 0, 0, 1], [0, 1, 1, 0]])
+    assert torch.equal(H.one_hot_columns(x), torch.tensor([[1, 3], [0, 3], [1, 2]]))
+    for bad in (torch.tensor([[0.0, 2], [1, 0]]),  # a value other than 0 and 1
+                torch.tensor([[1.0, 1], [1, 0]]),  # rows with different counts of ones
+                torch.zeros(2, 3), torch.zeros(0, 3), torch.ones(3)):  # no ones; no rows; not a matrix
+        assert H.one_hot_columns(bad) is None
+
+
+@pytest.mark.parametrize("layer", [None, "fc1", "fc2"])
+def test_closed_form_on_inputs_that_are_not_one_hot(case, layer):
+    """The closed form takes a gather for one-hot inputs (the cases above) and matmuls otherwise."""
+    model, loss_fn, x, y, _, _ = case
+    x = x + 0.1 * torch.rand(x.shape, generator=_gen(9), dtype=x.dtype)
+    assert H.one_hot_columns(x) is None
+    op = H.hessian_operator(model, loss_fn, x, y, layer, method="closed")
+    v = torch.randn(op.dim, generator=_gen(10), dtype=torch.float64)
+    torch.testing.assert_close(op(v), H.dense_hessian(model, loss_fn, x, y, layer) @ v, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(op.gradient, H.hessian_operator(model, loss_fn, x, y, layer, method="vjp").gradient,
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_known_spectrum_and_scipy():
     q, _ = torch.linalg.qr(torch.randn(200, 200, generator=_gen(8), dtype=torch.float64))
     spectrum = torch.cat([torch.tensor([-3.0, -2.5]), torch.linspace(-1, 1, 196), torch.tensor([4.0, 5.0])])
