@@ -131,14 +131,14 @@ def _times_x(bias: Tensor, x: Tensor, cols: Tensor | None, w: Tensor) -> Tensor:
     return F.embedding_bag(cols, w.contiguous(), mode="sum").add_(bias)
 
 
-def _x_transposed_times(x: Tensor, cols: Tensor | None, g: Tensor) -> Tensor:
-    """``x^T @ g`` (g: n x out), by scatter-adding rows of g when x is one-hot (``cols``)."""
+def _transposed_times_x(g: Tensor, x: Tensor, cols: Tensor | None) -> Tensor:
+    """``g^T @ x`` (g: n x out), by scatter-adding rows of g when x is one-hot (``cols``)."""
     if cols is None:
-        return torch.mm(x.T, g)
+        return torch.mm(g.T, x)
     out = g.new_zeros(x.shape[1], g.shape[1])
     for j in range(cols.shape[1]):
         out.index_add_(0, cols[:, j], g)
-    return out
+    return out.T
 
 
 def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
@@ -170,7 +170,7 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
     ga = torch.mm(gz, W2).mul_(mask)
     first, second = layer in (None, "fc1"), layer in (None, "fc2")
     cols = one_hot_columns(x) if first else None
-    gradient = torch.cat(([_x_transposed_times(x, cols, ga).T.reshape(-1), ga.sum(0)] if first else [])
+    gradient = torch.cat(([_transposed_times_x(ga, x, cols).reshape(-1), ga.sum(0)] if first else [])
                          + ([torch.mm(gz.T, h).reshape(-1), gz.sum(0)] if second else []))
     sizes = ([W1.numel(), b1.numel()] if first else []) + ([W2.numel(), b2.numel()] if second else [])
 
@@ -193,7 +193,7 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
             if second:
                 Rga.addmm_(gz, V2)
             Rga.mul_(mask)
-            out += [_x_transposed_times(x, cols, Rga).T.reshape(-1), Rga.sum(0)]
+            out += [_transposed_times_x(Rga, x, cols).reshape(-1), Rga.sum(0)]
         if second:
             RdW2 = torch.mm(Rgz.T, h)
             if first:
