@@ -224,16 +224,20 @@ def test_modular_rows_matches_float64_autograd(n_train, segments, block):
 
 
 @native
-@pytest.mark.parametrize("p, width", [(5, 5), (29, 40), (53, 50), (97, 64)])
+@pytest.mark.parametrize("p, width", [(5, 5), (23, 24), (29, 40), (53, 50), (97, 64)])
 def test_modular_rows_is_right_for_every_tiling_of_the_matmuls(p, width):
     """The register tiles split a row of 8 nv columns into tiles of 3, 2 and 1 vectors, and the rows
-    into strips of 4: these shapes take every split (nv = 1 to 13, rows = 1 to 3 mod 4), the
-    study's p = 97, width 64 among them."""
+    into strips of 4: these shapes take every kind of split (nv = 1, 3, 4 = 2 + 2, 5, 7, 8 and 13
+    = 3 + 3 + 3 + 2 + 2 among the logits' and dh's rows; dW2's 6, 25, 41, 51, 65 rows are 2, 1 and
+    3 mod 4), the study's p = 97, width 64 among them."""
     n = p * p
     check_modular_rows(p, width, int(0.7 * n), [0, n // 3, n], 256)
 
 
 def check_modular_rows(p: int, width: int, n_train: int, segments: list[int], block: int) -> None:
+    """Run the fused step over ``segments`` of a mod-p table (rows shuffled, the first ``n_train``
+    train rows) and compare the summed gradients and every row's loss and hit with float64 autograd
+    of the dense one-hot model."""
     (W1, b1, W2, b2), (E, W2T, W2f) = one_hot_mlp(p, width)
     g = torch.Generator().manual_seed(1)
     rows = torch.randperm(p * p, generator=g)
