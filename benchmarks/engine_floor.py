@@ -87,7 +87,9 @@ def floor_ms(N: int, n: int, H: int, p: int, threads: int, seconds: float) -> di
 
 def fused_step_call(cfg: RunConfig) -> list[Callable[[], object]]:
     """One run's whole fused modular step (``kernels.modular_rows`` over every row of the table, in
-    one call on the calling thread) on random weights, as the engine's kernels run it."""
+    one call on the calling thread) on random weights. This is the tested Python wrapper, which
+    also checks the indices, pads W2 and allocates its scratch on every call (the engine keeps
+    its buffers and calls the C function directly), so the time is a little above the engine's."""
     d = make_dataset(cfg)
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
     g = torch.Generator().manual_seed(0)

@@ -16,12 +16,13 @@
 #define CHAINS 12
 typedef float vf __attribute__((vector_size(4 * LANES)));
 
-/* Runs `iters` steps of every chain; writes the chains' sums to out[0..LANES) (so nothing is dead
- * code) and returns the FLOPs done (2 per lane per multiply-add). */
-double fma_chains(int64_t iters, const float *start, float x, float y, float *out) {
+/* Runs `iters` steps of every chain, chain c starting from start[c % nstart]; writes the chains'
+ * sums to out[0..LANES) (out holds at least 16 floats; so nothing is dead code) and returns the
+ * FLOPs done (2 per lane per multiply-add). */
+double fma_chains(int64_t iters, const float *start, int64_t nstart, float x, float y, float *out) {
     vf a[CHAINS];
     for (int c = 0; c < CHAINS; c++)
-        for (int l = 0; l < LANES; l++) a[c][l] = start[c];
+        for (int l = 0; l < LANES; l++) a[c][l] = start[c % nstart] + 0.001f * (float)l;
     const vf vx = (vf){0} + x, vy = (vf){0} + y;
     for (int64_t i = 0; i < iters; i++) {
 #pragma GCC unroll 12

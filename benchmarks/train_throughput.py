@@ -79,7 +79,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fma_peak import fma_peak_gflops  # noqa: E402
