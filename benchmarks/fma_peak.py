@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from phaselib import kernels  # noqa: E402
 
@@ -89,10 +89,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     r = fma_peak_gflops(args.threads, args.seconds)
     print(f"peak float32 FMA: {r['one_core']:.1f} GFLOP/s on one core, {r['all_cores']:.1f} on {args.threads} "
           f"({', '.join(f'{x:.1f}' for x in r['per_core'])})")
-    if args.json is not None:  # (train_throughput.write_json would import this module back)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"threads": args.threads, "seconds_per_call": args.seconds, **r}
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    from train_throughput import write_json  # here, not at the top: train_throughput imports this module
+    write_json(args.json, {"threads": args.threads, "seconds_per_call": args.seconds, **r})
     return r
 
 

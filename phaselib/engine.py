@@ -440,15 +440,21 @@ class _Modular(_Task):
                     return
                 run(worker, *job)
 
+    def _load(self, P: _Stack, runs: slice, E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor) -> None:
+        """The weights of ``runs`` into the kernels' layouts (stacked: E (k, 2p, H+1), W2T (k, H+1, P8),
+        W2 (k, p, >= H)): first-layer columns with b1 folded into the a-rows, padded W2^T with b2 as
+        the constant unit's row, and contiguous W2. Both paths load through here."""
+        p, H = self.p, P.E1.shape[2]
+        torch.add(P.E1[runs, :p], P.b1[runs, None], out=E[:, :p, :H])
+        E[:, p:, :H].copy_(P.E1[runs, p:])
+        W2T[:, :H, :p].copy_(P.W2T[runs])
+        W2T[:, H, :p].copy_(P.b2[runs])
+        W2[:, :, :H].copy_(P.W2T[runs].transpose(1, 2))
+
     def _load_all(self, P: _Stack) -> None:
-        """Every run's weights into the C step's layouts: first-layer columns with b1 folded into
-        the a-rows, padded W2^T with b2 as the constant unit's row, and contiguous W2."""
-        f, p, H = self.fused, self.p, self.fused.dE.shape[3]
-        torch.add(P.E1[:, :p], P.b1[:, None], out=f.E[:, :p, :H])
-        f.E[:, p:, :H].copy_(P.E1[:, p:])
-        f.W2T[:, :H, :p].copy_(P.W2T)
-        f.W2T[:, H, :p].copy_(P.b2)
-        f.W2[:, :, :H].copy_(P.W2T.transpose(1, 2))
+        """Every run's weights into the C step's buffers."""
+        f = self.fused
+        self._load(P, slice(None), f.E, f.W2T, f.W2)
 
     def _run_segment(self, worker: int, r: int, lo: int, hi: int, record: bool, pre: tuple, post: tuple) -> None:
         """One segment of run ``r`` on the C kernels, with the worker's scratch; then its rows' losses."""
@@ -470,12 +476,7 @@ class _Modular(_Task):
         w = self.work[worker]
         p, N, H, n = self.p, self.N, w.dh.shape[1], self.ntr[r]
         rows = N if record else n
-        # weights into the kernel layouts, as _load_all
-        torch.add(P.E1[r, :p], P.b1[r], out=w.E[:p, :H])
-        w.E[p:, :H].copy_(P.E1[r, p:])
-        w.W2T[:H, :p].copy_(P.W2T[r])
-        w.W2T[H, :p].copy_(P.b2[r])
-        w.W2.copy_(P.W2T[r].T)
+        self._load(P, slice(r, r + 1), w.E[None], w.W2T[None], w.W2[None])
         # hidden layer: pre(a, b) = (W1[:, a] + b1) + W1[:, p + b] over the table (a broadcast sum,
         # the table being a-major), then the run's rows gathered in its order
         Ea, Eb = w.E[:p, None, :], w.E[None, p + self.first_b:, :]

@@ -147,10 +147,6 @@ void hidden_rows(const float *E, int64_t width, const int64_t *ia, const int64_t
     }
 }
 
-/* First-layer gradient of the one-hot MLP: dE[ia[i]] += g_i and dE[ib[i]] += g_i over rows
- * i < n in row order, where g_i = dh[i] where h[i] > 0, else 0 (ReLU's derivative, as
- * torch's threshold_backward: h <= 0 gives 0, NaN passes the gradient). dE (dest_rows x width)
- * is zeroed first. h has row stride ldh >= width. */
 /* dE[ia[i]] += g_i, dE[ib[i]] += g_i (and db1 += g_i if db1 is given) over rows i < n in row
  * order, g_i = dh[i] * (h[i] > 0); dh has row stride lddh, h ldh, dE `width`. */
 static void scatter_rows(const float *dh, int64_t lddh, const float *h, int64_t ldh, const int64_t *ia,
@@ -167,6 +163,10 @@ static void scatter_rows(const float *dh, int64_t lddh, const float *h, int64_t 
     }
 }
 
+/* First-layer gradient of the one-hot MLP: dE[ia[i]] += g_i and dE[ib[i]] += g_i over rows
+ * i < n in row order, where g_i = dh[i] where h[i] > 0, else 0 (ReLU's derivative, as
+ * torch's threshold_backward: h <= 0 gives 0, NaN passes the gradient). dE (dest_rows x width)
+ * is zeroed first. h has row stride ldh >= width. */
 void scatter_hidden_grad(const float *dh, const float *h, int64_t ldh, const int64_t *ia, const int64_t *ib,
                          int64_t n, int64_t width, int64_t dest_rows, float *dE) {
     memset(dE, 0, sizeof(float) * (size_t)(dest_rows * width));
