@@ -10,6 +10,7 @@ This loop is also the oracle that the batched engine is tested against.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Protocol, Sequence
@@ -115,18 +116,34 @@ def signal_name(signal: str, layer: str) -> str:
     return signal if layer == "all" else f"{signal}/{layer}"
 
 
+def set_deterministic(mode: bool, warn_only: bool = False) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=...)`` without its first-call cost.
+
+    The public function imports ``torch._inductor`` (1.3-1.5 s on the first call of every
+    process here: each sweep worker, notebook kernel and test subprocess) only to copy the flag
+    into inductor's config, which matters to ``torch.compile`` alone. So it is called when
+    inductor is already loaded; otherwise torch's own setter of the flag is. A process that
+    imports inductor later, inside :func:`deterministic`, gets the eager flag but not
+    inductor's copy (phaselib never compiles)."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if "torch._inductor.config" in sys.modules or setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 @contextlib.contextmanager
 def deterministic(threads: int = 0) -> Iterator[None]:
     """Deterministic algorithms on (PROTOCOL.md), optional thread count; restores both after."""
-    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
+    set_deterministic(True)
     if threads:
         torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev_det)
+        set_deterministic(*prev)
         torch.set_num_threads(prev_threads)
 
 

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -98,3 +101,28 @@ def test_callback_stops_early_and_says_why(tiny):
     rec = train_reference(tiny, callbacks=[stop_at_12])
     assert rec.series("test_metric").index.max() == 12
     assert rec.meta["stop_reason"] == "flagged" and rec.meta["epochs_run"] == 13
+
+
+def test_deterministic_sets_and_restores_the_flag_without_loading_inductor():
+    """In a fresh process (inductor not yet imported): the flag is on inside, warn_only and the
+    flag come back after, and torch._inductor (1.3-1.5 s to import) stays unloaded; with inductor
+    already loaded, its config gets the flag too, as torch.use_deterministic_algorithms does."""
+    code = """
+import sys, torch
+from phaselib.train import deterministic
+torch._C._set_deterministic_algorithms(False, warn_only=True)
+with deterministic(threads=1):
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.get_num_threads() == 1
+assert not torch.are_deterministic_algorithms_enabled()
+assert torch.is_deterministic_algorithms_warn_only_enabled()
+assert "torch._inductor" not in sys.modules, "deterministic() imported inductor"
+import torch._inductor.config as ic
+with deterministic():
+    assert ic.deterministic and torch.are_deterministic_algorithms_enabled()
+assert not ic.deterministic
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
