@@ -294,3 +294,21 @@ def test_regression_float32_model():
     assert op.dtype == torch.float32
     top = H.lambda_max(op, tol=1e-5, generator=_gen(18))
     assert abs(top.value - float(ev[-1])) <= 1e-4 * float(ev[-1])
+
+
+def test_both_paths_of_the_closed_form_are_checked_against_dense():
+    """The module's cases take both ways to the gz terms of the whole product: p = 11 the matmuls,
+    p = 23 the per-code sums (test_hvp_matches_dense and the Lanczos tests check each)."""
+    for p, sums in ((11, False), (23, True)):
+        ds = make_modular(p, "add", 0.7, 0)
+        assert H._code_sums_pay(len(ds.x_train), ds.in_dim) is sums
+
+
+def test_code_sums_are_the_sums_they_name():
+    g = _gen(3)
+    n, out, width, codes = 40, 5, 3, 6
+    cols = torch.stack([torch.randint(0, 3, (n,), generator=g), torch.randint(3, 6, (n,), generator=g)], 1)
+    x = torch.zeros(n, codes, dtype=torch.float64).scatter_(1, cols, 1.0)
+    gz = torch.randn(n, out, generator=g, dtype=torch.float64)
+    mask = (torch.randn(n, width, generator=g) > 0).double()
+    torch.testing.assert_close(H._code_sums(gz, mask, cols, codes), torch.einsum("rj,rc,rk->kcj", x, gz, mask))
