@@ -137,10 +137,10 @@ def deterministic(threads: int = 0) -> Iterator[None]:
     """Deterministic algorithms on (PROTOCOL.md), optional thread count; restores both after."""
     prev = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     prev_threads = torch.get_num_threads()
-    set_deterministic(True)
-    if threads:
-        torch.set_num_threads(threads)
     try:
+        set_deterministic(True)
+        if threads:
+            torch.set_num_threads(threads)
         yield
     finally:
         set_deterministic(*prev)

@@ -122,6 +122,23 @@ import torch._inductor.config as ic
 with deterministic():
     assert ic.deterministic and torch.are_deterministic_algorithms_enabled()
 assert not ic.deterministic
+threads = torch.get_num_threads()
+with deterministic(threads=1):
+    with deterministic():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled()  # the inner exit restores the outer state
+try:
+    with deterministic(threads=1):
+        raise KeyError
+except KeyError:
+    pass
+assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+try:
+    with deterministic(threads=-1):  # a setup step that raises still restores the flag
+        pass
+except RuntimeError:
+    pass
+assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
