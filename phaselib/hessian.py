@@ -141,11 +141,23 @@ def _transposed_times_x(g: Tensor, x: Tensor, cols: Tensor | None) -> Tensor:
     return out.T
 
 
-def _code_sums_pay(rows: int, in_dim: int) -> bool:
-    """Whether :func:`_code_sums` is worth forming: its two contractions per product cost in_dim
-    x out x H each against the rows x out x H of the two matmuls they replace; asked to be at
-    least 4x fewer, so that building S (about one product's work) is soon repaid."""
-    return 4 * in_dim <= rows
+def _code_groups(col: Tensor) -> tuple[int, Tensor]:
+    """The codes one position of a one-hot x takes: the lowest, and the row count of each code
+    from it to the highest (the span a zero-padded group tensor covers)."""
+    lo = int(col.min())
+    return lo, torch.bincount(col - lo)
+
+
+def _code_sums_pay(cols: Tensor, in_dim: int) -> bool:
+    """Whether :func:`_code_sums` is worth forming for a one-hot x with column indices ``cols``:
+    its two contractions per product cost in_dim x out x H each against the rows x out x H of the
+    two matmuls they replace, asked to be at least 4x fewer; and each position's zero-padded
+    groups (its span of codes x the rows of its commonest code) at most twice the rows, so that
+    building S and T (about three of those matmuls, half a product) stays cheap when codes are uneven."""
+    rows = cols.shape[0]
+    if 4 * in_dim > rows:
+        return False
+    return all(len(counts) * int(counts.max()) <= 2 * rows for counts in (_code_groups(c)[1] for c in cols.T))
 
 
 def _code_sums(gz: Tensor, mask: Tensor, cols: Tensor, in_dim: int) -> Tensor:
@@ -155,18 +167,16 @@ def _code_sums(gz: Tensor, mask: Tensor, cols: Tensor, in_dim: int) -> Tensor:
     n, out, H = gz.shape[0], gz.shape[1], mask.shape[1]
     S = gz.new_zeros(in_dim, out, H)
     rows = torch.arange(n, device=gz.device)
-    for t in range(cols.shape[1]):
-        col = cols[:, t]
+    for col in cols.T:
+        lo, counts = _code_groups(col)
         order = torch.argsort(col, stable=True)
-        counts = torch.bincount(col, minlength=in_dim)
-        sorted_col = col[order]
-        slot = rows - (torch.cumsum(counts, 0) - counts)[sorted_col]  # place within its code's group
-        width = int(counts.max())
-        G = gz.new_zeros(in_dim, width, out)
-        M = gz.new_zeros(in_dim, width, H)
-        G[sorted_col, slot] = gz[order]
-        M[sorted_col, slot] = mask[order]
-        S.baddbmm_(G.transpose(1, 2), M)
+        group = col[order] - lo
+        slot = rows - (torch.cumsum(counts, 0) - counts)[group]  # place within its code's group
+        G = gz.new_zeros(len(counts), int(counts.max()), out)
+        M = gz.new_zeros(len(counts), int(counts.max()), H)
+        G[group, slot] = gz[order]
+        M[group, slot] = mask[order]
+        S[lo:lo + len(counts)].baddbmm_(G.transpose(1, 2), M)
     return S.permute(2, 1, 0).contiguous()
 
 
@@ -182,7 +192,8 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
     autograd): R{h} = (x V1^T + c1) * m, R{z} = h V2^T + R{h} W2^T + c2,
     R{gz} = p * (R{z} - <p, R{z}>) / n (the softmax Jacobian), R{dW2} = R{gz}^T h + gz^T R{h},
     R{db2} = sum R{gz}, R{ga} = (R{gz} W2 + gz V2) * m, R{dW1} = R{ga}^T x, R{db1} = sum R{ga}.
-    Eight matmuls per product and no autograd graph; when x is one-hot (:func:`one_hot_columns`),
+    Eight matmuls per product (six and two small contractions with the sums below) and no
+    autograd graph; when x is one-hot (:func:`one_hot_columns`),
     the two with x are a gather and a scatter-add instead. The whole product's two terms with the
     fixed gz (gz V2 in R{ga}, gz^T R{h} in R{dW2}), n x out x H multiply-adds each, then come
     from per-code sums S[k, c, j] = sum_r x_rj gz_rc m_rk formed once per operator
@@ -207,7 +218,7 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
     gradient = torch.cat(([_transposed_times_x(ga, x, cols).reshape(-1), ga.sum(0)] if first else [])
                          + ([torch.mm(gz.T, h).reshape(-1), gz.sum(0)] if second else []))
     sizes = ([W1.numel(), b1.numel()] if first else []) + ([W2.numel(), b2.numel()] if second else [])
-    sums = first and second and cols is not None and _code_sums_pay(n, x.shape[1])
+    sums = first and second and cols is not None and _code_sums_pay(cols, x.shape[1])
     if sums:  # S (H x out x in) and its transpose, each read in its contiguous order below
         S, T = _code_sums(gz, mask, cols, x.shape[1]), torch.mm(gz.T, mask)
         St = S.transpose(1, 2).contiguous()
@@ -232,7 +243,7 @@ def _mlp_ce_hvp(model: nn.Module, x: Tensor, y: Tensor,
                 Rga.addmm_(gz, V2)
             Rga.mul_(mask)
             RdW1, Rdb1 = _transposed_times_x(Rga, x, cols), Rga.sum(0)
-            if sums:  # per k a row times a matrix (as a matrix times a column, bmm ran 4-5x slower)
+            if sums:  # per k a row times a matrix (as a matrix times a column, bmm ran 3.5-5.7x slower)
                 RdW1 += torch.bmm(V2.T.unsqueeze(1), S).squeeze(1)
                 Rdb1 += (T * V2).sum(0)
             out += [RdW1.reshape(-1), Rdb1]

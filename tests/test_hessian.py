@@ -301,14 +301,28 @@ def test_both_paths_of_the_closed_form_are_checked_against_dense():
     p = 23 the per-code sums (test_hvp_matches_dense and the Lanczos tests check each)."""
     for p, sums in ((11, False), (23, True)):
         ds = make_modular(p, "add", 0.7, 0)
-        assert H._code_sums_pay(len(ds.x_train), ds.in_dim) is sums
+        assert H._code_sums_pay(H.one_hot_columns(ds.x_train), ds.in_dim) is sums
 
 
-def test_code_sums_are_the_sums_they_name():
+def test_code_sums_are_not_formed_for_uneven_codes():
+    """Zero-padded groups as wide as the commonest code: with one code on almost every row, S
+    would cost in_dim times the rows, so the matmuls stay."""
+    n, codes = 400, 20
+    first = torch.zeros(n, dtype=torch.long)
+    first[:10] = torch.arange(10)
+    cols = torch.stack([first, 10 + torch.arange(n) % 10], 1)
+    assert not H._code_sums_pay(cols, codes)
+    assert H._code_sums_pay(torch.stack([torch.arange(n) % 10, 10 + torch.arange(n) % 10], 1), codes)
+
+
+@pytest.mark.parametrize("ones", [1, 2, 3])
+def test_code_sums_are_the_sums_they_name(ones):
+    """Against the einsum definition, with uneven groups and a code that never occurs (the last)."""
     g = _gen(3)
-    n, out, width, codes = 40, 5, 3, 6
-    cols = torch.stack([torch.randint(0, 3, (n,), generator=g), torch.randint(3, 6, (n,), generator=g)], 1)
+    n, out, width, codes = 40, 5, 3, 3 * ones + 1
+    cols = torch.stack([3 * t + torch.randint(0, 3, (n,), generator=g) ** 2 % 3 for t in range(ones)], 1)
     x = torch.zeros(n, codes, dtype=torch.float64).scatter_(1, cols, 1.0)
+    assert torch.equal(H.one_hot_columns(x), cols) and x[:, -1].sum() == 0
     gz = torch.randn(n, out, generator=g, dtype=torch.float64)
     mask = (torch.randn(n, width, generator=g) > 0).double()
     torch.testing.assert_close(H._code_sums(gz, mask, cols, codes), torch.einsum("rj,rc,rk->kcj", x, gz, mask))
