@@ -253,12 +253,12 @@ static void mm_strip(int64_t mr, const float *A, int64_t ars, int64_t aks, const
 
 /* C = A B (or += with acc), strips of 4 rows outermost: for a small B that stays in L1 (the
  * logits' W2^T, dh's W2) while A's rows stream past once.
- * Not done: skipping the ReLU zeros of h (50-64% of units active over a 3000-epoch 70% run).
- * Per row, that needs a 1-row tile with B as the FMAs' memory operands (one load per FMA), which
- * ran at 60% of these tiles' speed in a C harness, so at half density the logits and dW2 broke
- * even or lost; and a strip of rows shares few zeros (over training, the units active in any of
- * two rows were 66-82%, of four 76-96%, rows with the same a or random). Bits would have stayed
- * the same: fma(0, w, c) = c. */
+ * Not done: skipping the ReLU zeros of h (50-64% of units active over a 3000-epoch 70% run) in
+ * the logits here and in dW2 (mm_acc_long_k). Per row, that needs a 1-row tile with B as the
+ * FMAs' memory operands (one load per FMA), which ran at 49-60% of these tiles' speed in a C
+ * harness, so at half density both products broke even or lost; and a strip of rows shares few
+ * zeros (over training, the units active in any of two rows were 66-82%, of four 76-96%, whether
+ * the rows share a or are random). Bits would have stayed the same: fma(0, w, c) = c for finite w. */
 static void mm_rows(int64_t m, int64_t nv, int64_t k, const float *A, int64_t ars, int64_t aks, const float *B,
                     int64_t ldb, float *C, int64_t ldc, int acc) {
     for (int64_t i = 0; i < m; i += 4)
