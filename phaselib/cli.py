@@ -23,7 +23,7 @@ def _load(params_file: str, out: str | None):
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .outputs import export_runs, store_path, write_summary
     from .store import RunStore
-    from .sweep import all_configs, run_missing, settings_of, study_groups, summarise
+    from .sweep import all_configs, probe_twins, run_missing, settings_of, study_groups, summarise
     from .tables import table1, table2
 
     p = _load(args.params, args.out)
@@ -33,14 +33,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = RunStore(store_path(out))
     t0 = time.perf_counter()
     todo = store.missing(configs)
+    twins = probe_twins(todo, configs)
     print(f"phaselib sweep: {len(configs)} distinct runs ({sum(map(len, groups.values()))} table rows), "
-          f"{len(configs) - len(todo)} already stored, {len(todo)} to train -> {out}", flush=True)
+          f"{len(configs) - len(todo)} already stored, {len(todo) - len(twins)} to train, "
+          f"{len(twins)} read off their probed twins -> {out}", flush=True)
     trained = run_missing(configs, store, executor=args.executor, scheduler=args.scheduler, workers=args.workers)
     wall = time.perf_counter() - t0
     summary = summarise(store, groups, settings_of(p))
     export_runs(store, configs, out)
     write_summary(summary, out)
-    print(f"trained {len(trained)} runs in {wall:.1f} s wall time")
+    print(f"stored {len(trained)} runs in {wall:.1f} s wall time")
     print("\nTable 1\n" + table1(summary).to_string(index=False))
     print("\nTable 2\n" + table2(summary).to_string(index=False))
     print(f"\nwrote {out}/summary.csv, summary.json, tables.md, runs/")

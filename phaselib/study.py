@@ -16,7 +16,7 @@ from .outputs import export_runs, store_path, write_summary
 from .params import OUT_DIR_ENV, StudyParams
 from .progress import quiet
 from .store import RunStore
-from .sweep import all_configs, run_missing, settings_of, study_groups, summarise
+from .sweep import all_configs, probe_twins, run_missing, settings_of, study_groups, summarise
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 WRITEUP = "04_writeup.ipynb"
@@ -70,8 +70,10 @@ def run_study(p: StudyParams, params_file: str = "", executor: str = "local", sc
     configs = all_configs(groups)
     store = RunStore(store_path(out))
     todo = store.missing(configs)
+    twins = probe_twins(todo, configs)
     print(f"phaselib study: {params_file or 'parameters'} -> {out}: {len(configs)} distinct runs, "
-          f"{len(configs) - len(todo)} already stored, {len(todo)} to train", flush=True)
+          f"{len(configs) - len(todo)} already stored, {len(todo) - len(twins)} to train, "
+          f"{len(twins)} read off their probed twins", flush=True)
     run_missing(configs, store, executor=executor, scheduler=scheduler, workers=workers)
     t_train = time.perf_counter() - t0
     summary = summarise(store, groups, settings_of(p))

@@ -14,7 +14,7 @@ from .config import RunConfig
 from .detect.offline import Analysis, Settings, analyse
 from .models import LAYERS
 from .params import StudyParams
-from .record import RunRecord
+from .record import RunRecord, concat_tables
 from .store import RunStore
 
 GROUPS: tuple[str, ...] = ("primary", "variance", "long", "probing")
@@ -95,12 +95,57 @@ def summarise(store: RunStore, groups: dict[str, list[RunConfig]], settings: Set
     return pd.DataFrame(rows)
 
 
+def probe_twins(todo: Sequence[RunConfig], plan: Sequence[RunConfig]) -> dict[str, RunConfig]:
+    """The runs of ``todo`` without probes whose twin with probes (the same config otherwise) is
+    in ``plan``: plain run's key -> its twin. Probers only read a run's parameters (on a copy, with
+    their own random generators), so the twin's base signals are the plain run's, bit for bit
+    (tests/test_sweep.py checks it), and training the twin alone gives both. In the paper's study
+    the six primary runs are the probing runs without probes: 15% of its training."""
+    probed = {c.replace(probes=()).key: c for c in plan if c.probes}
+    return {c.key: probed[c.key] for c in todo if not c.probes and c.key in probed}
+
+
+def from_twin(twin: RunRecord, plain: RunConfig) -> RunRecord:
+    """The record of ``plain`` read off its probed twin's: the base signals only, under the plain
+    run's key; its metadata says so (``derived_from``) and gives no training time of its own."""
+    from .train import BASE_COLUMNS
+
+    pairs = pd.MultiIndex.from_tuples(BASE_COLUMNS)
+    t = twin.table
+    table = t[pd.MultiIndex.from_arrays([t["signal"].astype(str), t["layer"].astype(str)]).isin(pairs)].copy()
+    table["run"] = plain.key
+    table = concat_tables([table.reset_index(drop=True)])
+    skip = {"batch_size", "batch_wall_time_s"}
+    meta = {k: v for k, v in twin.meta.items() if k not in skip}
+    meta.update(config_hash=plain.key, config=plain.hashed_dict(), wall_time_s=0.0, derived_from=twin.key)
+    return RunRecord(plain, table, meta)
+
+
+def _store_from_twins(twins: dict[str, RunConfig], plan: Sequence[RunConfig], store: RunStore) -> list[str]:
+    """Store the plain runs whose twins are stored; their keys."""
+    done = []
+    for c in plan:
+        if c.key in twins and twins[c.key].key in store and store.put(from_twin(store.get(twins[c.key]), c)):
+            done.append(c.key)
+    return done
+
+
 def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "local", progress: bool = True,
                 **executor_kw) -> list[str]:
-    """Train the configs not yet stored, storing each as it finishes; returns the trained keys."""
-    from .executors import run
+    """Train the configs not yet stored, storing each as it finishes; returns the keys stored.
+
+    A run whose probed twin is in ``configs`` is not trained but read off the twin once that is
+    stored (:func:`probe_twins`), also when a batch fails elsewhere."""
+    from .executors import SweepIncomplete, run
 
     todo = store.missing(configs)
     if not todo:
         return []
-    return run(executor, todo, store, progress=progress, **executor_kw)
+    twins = probe_twins(todo, configs)
+    train = [c for c in todo if c.key not in twins]
+    try:
+        trained = run(executor, train, store, progress=progress, **executor_kw) if train else []
+    except SweepIncomplete:
+        _store_from_twins(twins, todo, store)
+        raise
+    return trained + _store_from_twins(twins, todo, store)

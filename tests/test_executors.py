@@ -260,8 +260,8 @@ def test_sweep_killed_midway_resumes_with_every_run_stored_once(executor, cluste
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     left = len(expected) - len(before)
-    assert f"{len(before)} already stored, {left} to train" in res.stdout
-    assert f"trained {left} runs" in res.stdout  # no finished run retrained
+    assert f"{len(before)} already stored, {left} to train, 0 read off their probed twins" in res.stdout
+    assert f"stored {left} runs" in res.stdout  # no finished run retrained
     after = RunStore(db).created()
     assert set(after) == expected  # every run stored, and once: the key is the table's primary key
     assert {k: after[k] for k in before} == before
