@@ -554,8 +554,8 @@ def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.dev
 
     Call inside :func:`deterministic`: a modular batch on the CPU shares its runs (on the C kernels,
     their segments) between worker threads (see :class:`_Modular`) and sets the calling thread's
-    intra-op thread count to the rest (``threads // workers``, at least 1); the caller's context
-    restores it.
+    intra-op thread count to 1 on the C kernels, else to the rest (``threads // workers``, at
+    least 1); the caller's context restores it.
     """
     c0, d0 = cfgs[0], data[0]
     if c0.task == "regression":
@@ -563,7 +563,11 @@ def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.dev
     else:
         threads = torch.get_num_threads()
         task = _Modular(data, device, c0.width, threads)
-        torch.set_num_threads(max(1, threads // task.workers))
+        # On the C kernels the calling thread only does the stacked work (norms, sums, AdamW): one
+        # thread, so that its reductions round alike whatever the batch size (with more threads,
+        # a wide model's norms changed in the last bits between a run alone and in a batch). On
+        # the torch path it also steps a run when there is one worker, and keeps its share.
+        torch.set_num_threads(1 if task.native else max(1, threads // task.workers))
     P = _Stack(_Shape(d0.in_dim, c0.width, d0.out_dim), len(cfgs), device)
     for r, (c, d) in enumerate(zip(cfgs, data)):
         P.load(r, make_model(d.in_dim, c.width, d.out_dim, c.seed))
