@@ -97,10 +97,11 @@ def summarise(store: RunStore, groups: dict[str, list[RunConfig]], settings: Set
 
 def probe_twins(todo: Sequence[RunConfig], plan: Sequence[RunConfig]) -> dict[str, RunConfig]:
     """The runs of ``todo`` without probes whose twin with probes (the same config otherwise) is
-    in ``plan``: plain run's key -> its twin. Probers only read a run's parameters (on a copy, with
-    their own random generators), so the twin's base signals are the plain run's, bit for bit
-    (tests/test_sweep.py checks it), and training the twin alone gives both. In the paper's study
-    the six primary runs are the probing runs without probes: 15% of its training."""
+    in ``plan``: plain run's key -> its twin. Probers only read a run's parameters (the batched
+    engine hands them a copy, the reference loop the live model, which they do not write) and draw
+    from their own generators, so the twin's base signals are the plain run's, bit for bit
+    (tests/test_sweep.py), and training the twin gives both. In the paper's study the six primary
+    runs are the probing runs without probes: 15% of its training."""
     probed = {c.replace(probes=()).key: c for c in plan if c.probes}
     return {c.key: probed[c.key] for c in todo if not c.probes and c.key in probed}
 
@@ -121,13 +122,22 @@ def from_twin(twin: RunRecord, plain: RunConfig) -> RunRecord:
     return RunRecord(plain, table, meta)
 
 
-def _store_from_twins(twins: dict[str, RunConfig], plan: Sequence[RunConfig], store: RunStore) -> list[str]:
-    """Store the plain runs whose twins are stored; their keys."""
-    done = []
-    for c in plan:
-        if c.key in twins and twins[c.key].key in store and store.put(from_twin(store.get(twins[c.key]), c)):
+def _store_from_twins(twins: dict[str, RunConfig], todo: Sequence[RunConfig],
+                      store: RunStore) -> tuple[list[str], list[RunConfig]]:
+    """Store the plain runs of ``todo`` whose twins are stored: their keys, and the plain runs left
+    to train (twin not stored: its batch failed). A twin trained on the batched engine's torch
+    path does not serve: there a run's norms can depend on its batch mates in the last bits (the
+    main thread's reductions run on more threads when the batch is smaller)."""
+    done, left = [], []
+    for c in todo:
+        if c.key not in twins:
+            continue
+        twin = store.get(twins[c.key]) if twins[c.key].key in store else None
+        if twin is None or twin.meta.get("kernels") == "torch":
+            left.append(c)
+        elif store.put(from_twin(twin, c)):
             done.append(c.key)
-    return done
+    return done, left
 
 
 def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "local", progress: bool = True,
@@ -135,7 +145,7 @@ def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "
     """Train the configs not yet stored, storing each as it finishes; returns the keys stored.
 
     A run whose probed twin is in ``configs`` is not trained but read off the twin once that is
-    stored (:func:`probe_twins`), also when a batch fails elsewhere."""
+    stored (:func:`probe_twins`); if the twin's batch fails, the run is trained after all."""
     from .executors import SweepIncomplete, run
 
     todo = store.missing(configs)
@@ -143,9 +153,16 @@ def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "
         return []
     twins = probe_twins(todo, configs)
     train = [c for c in todo if c.key not in twins]
-    try:
-        trained = run(executor, train, store, progress=progress, **executor_kw) if train else []
-    except SweepIncomplete:
-        _store_from_twins(twins, todo, store)
-        raise
-    return trained + _store_from_twins(twins, todo, store)
+    failures, trained = [], []
+    for round_ in range(2):
+        try:
+            trained += run(executor, train, store, progress=progress, **executor_kw) if train else []
+        except SweepIncomplete as exc:
+            failures += exc.failures
+            trained += exc.trained
+        if round_ == 0:
+            derived, train = _store_from_twins(twins, todo, store)
+            trained += derived
+    if failures:
+        raise SweepIncomplete(failures, trained)
+    return trained
