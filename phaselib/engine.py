@@ -25,7 +25,11 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 - **Threads.** On the CPU a modular batch shares its runs' fixed row segments (C kernels) or its
   runs (torch path) between worker threads running single-threaded operations, so a run's numbers
   do not depend on the thread count (see :class:`_Modular`); the regression control, whose
-  tensors are small, steps its runs one after the other (see :class:`_Regression`).
+  tensors are small, steps its runs one after the other (see :class:`_Regression`). One exception,
+  on the torch path only: when a batch has at most half as many runs as threads, the calling thread keeps the
+  spare threads for its own run's step and the stacked reductions, and for shapes above torch's
+  parallel grain (a width-256 model at p = 97) the last bits can then differ from the same run
+  in a larger batch.
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
