@@ -25,11 +25,10 @@ oracle of the tests) computes, exactly up to float32 rounding order:
 - **Threads.** On the CPU a modular batch shares its runs' fixed row segments (C kernels) or its
   runs (torch path) between worker threads running single-threaded operations, so a run's numbers
   do not depend on the thread count (see :class:`_Modular`); the regression control, whose
-  tensors are small, steps its runs one after the other (see :class:`_Regression`). One exception,
-  on the torch path only: when a batch has at most half as many runs as threads, the calling thread keeps the
-  spare threads for its own run's step and the stacked reductions, and for shapes above torch's
-  parallel grain (a width-256 model at p = 97) the last bits can then differ from the same run
-  in a larger batch.
+  tensors are small, steps its runs one after the other (see :class:`_Regression`). The stacked
+  reductions (norms, loss and metric sums) run on one thread for the same reason. On the torch
+  path, a batch with at most half as many runs as threads steps its run with the spare threads
+  (multi-threaded matmuls), which this does not promise to round as a single thread does.
 
 Definitions that differ from the reference only at float32 ties or extremes: accuracy counts a
 row as correct when its label's logit attains the row maximum (``argmax`` breaks exact ties by
@@ -56,7 +55,7 @@ import torch.nn.functional as F
 from .config import RunConfig
 from .data import Dataset
 from . import kernels
-from .executors import batch_key
+from .executors import batch_key, torch_threads
 from .models import MLP, make_model
 from .record import RunRecord, concat_tables, rows_table, tidy
 from .train import (BASE_COLUMNS, Callback, TrainControl, deterministic, make_dataset, recorded_epochs,
@@ -211,8 +210,13 @@ class _Stack:
         return model
 
     def layer_norms(self) -> torch.Tensor:
-        """(R, 3): per-layer L2 norms (weight and bias together) and the combined norm, as in train.py."""
-        sq = [v.reshape(self.runs, -1).square().sum(1) for v in (self.E1, self.b1, self.W2T, self.b2)]
+        """(R, 3): per-layer L2 norms (weight and bias together) and the combined norm, as in train.py.
+
+        On one thread: with several, torch splits a row's sum once a block passes its parallel grain
+        (a width-256 run at p = 97), and how depends on the number of runs, so a run's norms
+        changed in the last bits between training alone and in a batch."""
+        with torch_threads(1):
+            sq = [v.reshape(self.runs, -1).square().sum(1) for v in (self.E1, self.b1, self.W2T, self.b2)]
         per = torch.stack([torch.sqrt(sq[0] + sq[1]), torch.sqrt(sq[2] + sq[3])], 1)
         return torch.cat([per, torch.sqrt(per.square().sum(1, keepdim=True))], 1)
 
@@ -260,8 +264,10 @@ class _Task:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
 
     def _split_sums(self, per_row: torch.Tensor) -> torch.Tensor:
-        """(R, 2) train and test sums of a (R, N) per-row quantity."""
-        return torch.stack([(per_row * self.train_mask).sum(1), (per_row * self.test_mask).sum(1)], 1)
+        """(R, 2) train and test sums of a (R, N) per-row quantity (on one thread, for the reason
+        :meth:`_Stack.layer_norms` gives)."""
+        with torch_threads(1):
+            return torch.stack([(per_row * self.train_mask).sum(1), (per_row * self.test_mask).sum(1)], 1)
 
 
 class _Work:
@@ -558,8 +564,8 @@ def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.dev
 
     Call inside :func:`deterministic`: a modular batch on the CPU shares its runs (on the C kernels,
     their segments) between worker threads (see :class:`_Modular`) and sets the calling thread's
-    intra-op thread count to 1 on the C kernels, else to the rest (``threads // workers``, at
-    least 1); the caller's context restores it.
+    intra-op thread count to the rest (``threads // workers``, at least 1); the caller's context
+    restores it.
     """
     c0, d0 = cfgs[0], data[0]
     if c0.task == "regression":
@@ -567,11 +573,7 @@ def _build(cfgs: Sequence[RunConfig], data: Sequence[Dataset], device: torch.dev
     else:
         threads = torch.get_num_threads()
         task = _Modular(data, device, c0.width, threads)
-        # On the C kernels the calling thread only does the stacked work (norms, sums, AdamW): one
-        # thread, so that its reductions round alike whatever the batch size (with more threads,
-        # a wide model's norms changed in the last bits between a run alone and in a batch). On
-        # the torch path it also steps a run when there is one worker, and keeps its share.
-        torch.set_num_threads(1 if task.native else max(1, threads // task.workers))
+        torch.set_num_threads(max(1, threads // task.workers))
     P = _Stack(_Shape(d0.in_dim, c0.width, d0.out_dim), len(cfgs), device)
     for r, (c, d) in enumerate(zip(cfgs, data)):
         P.load(r, make_model(d.in_dim, c.width, d.out_dim, c.seed))

@@ -16,6 +16,7 @@ from .models import LAYERS
 from .params import StudyParams
 from .record import RunRecord, concat_tables
 from .store import RunStore
+from .train import BASE_COLUMNS
 
 GROUPS: tuple[str, ...] = ("primary", "variance", "long", "probing")
 
@@ -109,8 +110,6 @@ def probe_twins(todo: Sequence[RunConfig], plan: Sequence[RunConfig]) -> dict[st
 def from_twin(twin: RunRecord, plain: RunConfig) -> RunRecord:
     """The record of ``plain`` read off its probed twin's: the base signals only, under the plain
     run's key; its metadata says so (``derived_from``) and gives no training time of its own."""
-    from .train import BASE_COLUMNS
-
     pairs = pd.MultiIndex.from_tuples(BASE_COLUMNS)
     t = twin.table
     table = t[pd.MultiIndex.from_arrays([t["signal"].astype(str), t["layer"].astype(str)]).isin(pairs)].copy()
@@ -126,8 +125,8 @@ def _store_from_twins(twins: dict[str, RunConfig], todo: Sequence[RunConfig],
                       store: RunStore) -> tuple[list[str], list[RunConfig]]:
     """Store the plain runs of ``todo`` whose twins are stored: their keys, and the plain runs left
     to train (twin not stored: its batch failed). A twin trained on the batched engine's torch
-    path does not serve: there a run's norms can depend on its batch mates in the last bits (the
-    main thread's reductions run on more threads when the batch is smaller)."""
+    path does not serve: trained alone it steps with multi-threaded matmuls, which are not promised
+    to round as its single-threaded share of a batch would (phaselib/engine.py, Threads)."""
     done, left = [], []
     for c in todo:
         if c.key not in twins:
@@ -154,15 +153,20 @@ def run_missing(configs: Sequence[RunConfig], store: RunStore, executor: str = "
     twins = probe_twins(todo, configs)
     train = [c for c in todo if c.key not in twins]
     failures, trained = [], []
-    for round_ in range(2):
+
+    def train_and_collect(batch: Sequence[RunConfig]) -> None:
+        if not batch:
+            return
         try:
-            trained += run(executor, train, store, progress=progress, **executor_kw) if train else []
+            trained.extend(run(executor, batch, store, progress=progress, **executor_kw))
         except SweepIncomplete as exc:
-            failures += exc.failures
-            trained += exc.trained
-        if round_ == 0:
-            derived, train = _store_from_twins(twins, todo, store)
-            trained += derived
+            failures.extend(exc.failures)
+            trained.extend(exc.trained)
+
+    train_and_collect(train)
+    derived, left = _store_from_twins(twins, todo, store)
+    trained += derived
+    train_and_collect(left)  # plain runs whose twins failed or cannot serve
     if failures:
         raise SweepIncomplete(failures, trained)
     return trained

@@ -222,12 +222,10 @@ def test_records_do_not_depend_on_threads_or_batch_mates(kernel_path):
         assert all(a.table.equals(b.table) for a, b in zip(odd, together[:k]))
 
 
-def test_a_wide_runs_norms_do_not_depend_on_its_batch_mates():
-    """On the C kernels with more threads than a lone run's two segments use, the calling thread's
-    reductions (norms of a 194 x 256 block, above torch's parallel grain) once ran on the spare
-    threads and changed the last bits against the same run in a batch of four."""
-    if kernels.library() is None:
-        pytest.skip("native kernels did not build here")
+def test_a_wide_runs_norms_do_not_depend_on_its_batch_mates(kernel_path):
+    """With more threads than a lone run's workers use, the stack's norms (a 194 x 256 block,
+    above torch's parallel grain) once ran on the spare threads and changed the last bits against
+    the same run in a batch of four."""
     cfgs = [c.replace(threads=4) for c in mixed_batch(p=97, epochs=3, width=256)[:4]]
     alone = train_batched(cfgs[:1])[0]
     assert alone.table.equals(train_batched(cfgs)[0].table)
