@@ -176,7 +176,10 @@ if len(long):
 probe_records = list(store.records(probing))
 q = quality_totals([r for r in probe_records if r.config.task == "modular"])
 say(f"{len(probe_records)} probed runs. Eigensolves converged: λ_max {q['lmax']}/{q['probes']}, "
-    f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}.")
+    f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}"
+    + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} "
+       f"probes and within two at {q['trace_in2']}/{q['trace_n']} (honest error bars: about 67% and 95%)."
+       if q["trace_n"] else "; no exact trace was recorded."))
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)
 

@@ -597,6 +597,45 @@ def hutchinson_block_traces(op: HessianOp, n_probes: int = 30, *,
     return out
 
 
+def exact_trace_applies(model: nn.Module, loss_fn: LossFn) -> bool:
+    """Whether :func:`exact_block_traces` covers the model: the paper's MLP under cross-entropy or MSE."""
+    return is_paper_mlp(model) and (loss_fn is F.cross_entropy or loss_fn is F.mse_loss)
+
+
+def exact_block_traces(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, TraceEstimate]:
+    """The exact trace of the paper's MLP's Hessian (``"all"``) and of its fc1/fc2 blocks, in O(n out H).
+
+    H = sum_r J_r^T A_r J_r + sum_rc g_rc d^2 z_rc / d theta^2 (the Gauss-Newton split; N. N.
+    Schraudolph, "Fast curvature matrix-vector products for second-order gradient descent",
+    Neural Computation 14, 2002), where J_r = dz_r / d theta and A_r is the loss's Hessian in row
+    r's outputs. z = W2 relu(W1 x + b1) + b2 is linear in each single parameter along its own axis
+    (relu'' = 0, as in autograd), so the second term has a zero diagonal and tr H is the
+    Gauss-Newton trace. With w_k = W2[:, k] and m_rk = [a_rk > 0]:
+    tr H_fc2 = sum_r (|h_r|^2 + 1) tr A_r and tr H_fc1 = sum_r (|x_r|^2 + 1) sum_k m_rk w_k^T A_r w_k;
+    mean cross-entropy: A_r = (diag p_r - p_r p_r^T) / n, mean squared error over n x out
+    outputs: A_r = 2 I / (n out). ``stderr`` is 0 and ``n_probes`` 0: no products, no sampling.
+    The Hutchinson estimate's error bars can be checked against it (``tests/test_hessian.py``
+    checks it against dense Hessians).
+    """
+    if not exact_trace_applies(model, loss_fn):
+        raise ValueError("model: the exact trace needs the phaselib MLP under torch.nn.functional.cross_entropy "
+                         "or mse_loss; use hutchinson_block_traces for other models")
+    with torch.no_grad():
+        (_, _, W2, _), a, h, out = mlp_forward(model, x)
+        n, n_out = out.shape
+        if loss_fn is F.cross_entropy:
+            p = torch.softmax(out, 1)
+            tr_a = (1 - p.square().sum(1)) / n
+            quad = (p @ W2.square()).sub_((p @ W2).square()).div_(n)  # w_k^T A_r w_k, n x H
+        else:
+            tr_a = out.new_full((n,), 2.0 / n)
+            quad = (W2.square().sum(0) * (2.0 / (n * n_out))).expand(n, -1)
+        fc1 = ((x.square().sum(1) + 1) * (quad * (a > 0)).sum(1)).double().sum()
+        fc2 = ((h.square().sum(1) + 1) * tr_a).double().sum()
+    return {key: TraceEstimate(value=float(v), stderr=0.0, n_probes=0, method="exact")
+            for key, v in (("all", fc1 + fc2), ("fc1", fc1), ("fc2", fc2))}
+
+
 def hutchpp_trace(op: HessianOp, n_matvecs: int = 30, *, generator: torch.Generator | None = None) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021): exact trace on a sketched top subspace + Hutchinson on the rest.
 

@@ -11,7 +11,10 @@ too) and ``"fc1"``/``"fc2"`` for per-layer blocks; ``stderr`` is NaN where a val
 or has no standard error. Eigenvalue accuracy goes in as its own signals
 ``hessian_lmax_residual`` (||Hv - lambda v||, a Bauer-Fike bound on the error) and
 ``hessian_lmax_converged`` (0/1), and its cost ``hessian_lmax_iters`` (Hessian-vector
-products); likewise for lmin.
+products); likewise for lmin. ``hessian_trace`` is Hutchinson's estimate with its standard error
+(the articles' estimator); for the paper's MLP the exact trace costs less than one product
+(:func:`phaselib.hessian.exact_block_traces`) and is recorded beside it as
+``hessian_trace_exact``, which checks those error bars on every probe.
 
 Per-layer Hessian blocks get lambda_max (and the gradient cosine) from the block operator and
 their trace from the whole-model Hutchinson products, but no lambda_min: in a
@@ -28,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError
-from .hessian import (HessianOp, grad_eig_cosine, hessian_operator, hutchinson_block_traces, lambda_max,
-                      lambda_min, task_loss)
+from .hessian import (HessianOp, exact_block_traces, exact_trace_applies, grad_eig_cosine, hessian_operator,
+                      hutchinson_block_traces, lambda_max, lambda_min, task_loss)
 from .noise import microbatch_grad_variance, per_example_noise_scales
 from .representation import CHEAP, cheap_signals, linear_cka
 
@@ -171,9 +174,12 @@ class Prober:
         rows.append(_row(epoch, "grad_eig_cos", grad_eig_cosine(op.gradient, vmax)))
         # whole-model and block traces from one set of products
         traces = hutchinson_block_traces(op, self.schedule.hutchinson_probes, generator=self.generator)
+        exact = exact_block_traces(model, self.loss_fn, x, y) if exact_trace_applies(model, self.loss_fn) else {}
         for layer in self._layers(model):
             tr = traces[layer or "all"]
             rows.append(_row(epoch, "hessian_trace", tr.value, tr.stderr, layer=layer or "all"))
+            if exact:
+                rows.append(_row(epoch, "hessian_trace_exact", exact[layer or "all"].value, layer=layer or "all"))
             if layer is not None:  # diagonal blocks are PSD here: no lambda_min (module docstring)
                 block = hessian_operator(model, self.loss_fn, x, y, layer)
                 layer_rows, vmax = self._eig_rows(epoch, "hessian_lmax", block, "max", layer)

@@ -233,6 +233,44 @@ def test_block_traces_from_shared_products(case):
     assert traces["fc1"].value + traces["fc2"].value == pytest.approx(traces["all"].value)
 
 
+def _dense_block_traces(dense: torch.Tensor, model) -> dict[str, float]:
+    n1 = sum(p.numel() for p in model.fc1.parameters())
+    return {"all": float(dense.trace()), "fc1": float(dense[:n1, :n1].trace()), "fc2": float(dense[n1:, n1:].trace())}
+
+
+def test_exact_traces_match_dense(case):
+    """The Gauss-Newton formula is the whole Hessian's trace, block by block, on one-hot inputs."""
+    model, loss_fn, x, y, dense, _ = case
+    exact = H.exact_block_traces(model, loss_fn, x, y)
+    for key, want in _dense_block_traces(dense, model).items():
+        assert exact[key].value == pytest.approx(want, rel=1e-10)
+        assert exact[key].stderr == 0.0 and exact[key].method == "exact"
+
+
+@pytest.mark.parametrize("task,n_in,n_out", [("modular", 5, 4), ("regression", 1, 1), ("regression", 2, 3)])
+def test_exact_traces_on_dense_inputs_and_mse(task, n_in, n_out):
+    """Real-valued inputs (|x|^2 is not 2) and the MSE loss, several outputs included (the 1/out factor)."""
+    g = _gen(21)
+    model = make_model(n_in, 6, n_out, 3).double()
+    x = torch.randn(40, n_in, generator=g, dtype=torch.float64)
+    y = (torch.randint(0, n_out, (40,), generator=g) if task == "modular"
+         else torch.randn(40, n_out, generator=g, dtype=torch.float64))
+    loss_fn = H.task_loss(task)
+    dense = H.dense_hessian(model, loss_fn, x, y)
+    exact = H.exact_block_traces(model, loss_fn, x, y)
+    for key, want in _dense_block_traces(dense, model).items():
+        assert exact[key].value == pytest.approx(want, rel=1e-10)
+
+
+def test_exact_traces_refuse_what_they_do_not_cover(case):
+    model, loss_fn, x, y, _, _ = case
+    assert H.exact_trace_applies(model, loss_fn) and not H.exact_trace_applies(model, torch.nn.functional.l1_loss)
+    seq = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    for m, fn in ((model, torch.nn.functional.l1_loss), (seq.double(), loss_fn)):
+        with pytest.raises(ValueError, match="exact trace needs the phaselib MLP"):
+            H.exact_block_traces(m, fn, x, y)
+
+
 def test_hutchinson_stderr_is_calibrated():
     """Over many repeats, |error| / stderr behaves like a standard normal (about 68% within 1)."""
     a = torch.randn(60, 60, generator=_gen(13), dtype=torch.float64)

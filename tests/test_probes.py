@@ -88,6 +88,7 @@ def test_rows_follow_the_cadences():
                                    "hessian_lmin_converged", "hessian_lmax_iters", "hessian_lmin_iters")}
     assert hess <= seen[4] and hess <= seen[8] and not any(s.startswith("hessian") for s, _ in seen[5])
     assert ("hessian_lmax", "fc1") in seen[4] and ("hessian_lmin", "fc1") not in seen[4]
+    assert {("hessian_trace_exact", l) for l in ("all", "fc1", "fc2")} <= seen[4]
     assert seen[0] >= cheap | hess  # epoch 0 is due for everything
 
 
@@ -103,6 +104,10 @@ def test_values_match_the_library_and_uncertainties_are_present():
     assert rows[("erank", "all")]["value"] == pytest.approx(float(effective_rank(h1)), rel=1e-6)
     assert rows[("cka_prev", "all")]["value"] == pytest.approx(float(linear_cka(h1, h0)), rel=1e-6)
     assert rows[("hessian_trace", "all")]["stderr"] > 0
+    exact = H.exact_block_traces(model, H.task_loss("modular"), ds.x_train, ds.y_train)
+    for layer in ("all", "fc1", "fc2"):
+        assert rows[("hessian_trace_exact", layer)]["value"] == exact[layer].value
+        assert math.isnan(rows[("hessian_trace_exact", layer)]["stderr"])
     assert rows[("grad_microbatch_var", "fc1")]["stderr"] > 0
     assert math.isnan(rows[("b_simple", "all")]["stderr"])  # exact over the train split
     op = H.hessian_operator(model, H.task_loss("modular"), ds.x_train, ds.y_train)

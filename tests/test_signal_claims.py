@@ -63,15 +63,18 @@ def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
     assert (v["share 95% CI"] == "[0.29, 1.00]").all()  # Clopper-Pearson 3/3: 0.025 ** (1/3) = 0.292
 
 
-def probed(seed: int, lmax_ok: list[int], lmin_ok: list[int], rse: float) -> RunRecord:
-    """A run with Hessian probes whose convergence flags and trace standard errors are known."""
+def probed(seed: int, lmax_ok: list[int], lmin_ok: list[int], rse: float, z: list[float] | None = None) -> RunRecord:
+    """A run with Hessian probes whose convergence flags and trace standard errors are known, and,
+    given ``z``, an exact trace that many standard errors below each Hutchinson estimate."""
     cfg = RunConfig(task="modular", modulus=11, seed=seed, epochs=100, width=8)
     ep = np.arange(len(lmax_ok)) * 10
     trace = np.full(len(ep), 4.0)
-    return RunRecord(cfg, tidy(cfg.key, ep, {("hessian_lmax_converged", "all"): lmax_ok,
-                                             ("hessian_lmin_converged", "all"): lmin_ok,
-                                             ("hessian_trace", "all"): trace},
-                               stderr={("hessian_trace", "all"): trace * rse}))
+    signals = {("hessian_lmax_converged", "all"): lmax_ok, ("hessian_lmin_converged", "all"): lmin_ok,
+               ("hessian_trace", "all"): trace}
+    if z is not None:
+        signals[("hessian_trace_exact", "all")] = trace - np.asarray(z) * trace * rse
+        signals[("hessian_trace_exact", "fc1")] = trace  # block rows do not count
+    return RunRecord(cfg, tidy(cfg.key, ep, signals, stderr={("hessian_trace", "all"): trace * rse}))
 
 
 def test_quality_totals_add_up_the_per_run_table():
@@ -83,3 +86,15 @@ def test_quality_totals_add_up_the_per_run_table():
     assert (q["probes"], q["lmax"], q["lmin"]) == (9, 7, 6)
     assert abs(q["trace_rse"] - 0.02) < 1e-12
     assert np.isnan(quality_totals([])["trace_rse"]) and quality_totals([])["probes"] == 0
+    assert (q["trace_n"], q["trace_in1"], q["trace_in2"]) == (0, 0, 0)
+    assert (per_run["within 2 s.e."] == "not recorded").all()
+
+
+def test_trace_error_bars_are_checked_against_the_exact_trace():
+    recs = [probed(0, [1, 1, 1, 1], [1, 1, 1, 1], 0.01, z=[0.5, -1.5, 2.5, -0.2]),
+            probed(1, [1, 1, 1], [1, 1, 1], 0.02, z=[-3.0, 1.9, 0.9])]
+    per_run = estimate_quality(recs)
+    assert list(per_run["trace within 1 s.e. of exact"]) == ["2/4", "1/3"]
+    assert list(per_run["within 2 s.e."]) == ["3/4", "2/3"]
+    q = quality_totals(recs)
+    assert (q["trace_n"], q["trace_in1"], q["trace_in2"]) == (7, 3, 5)
