@@ -20,6 +20,7 @@ from . import evaluate as ev
 from .config import RunConfig
 from .executors import check_workers
 from .store import RunStore
+from .sweep import probe_twins
 
 #: Signals scored by the generic detectors (the probed ones only exist in probing runs).
 SIGNALS: tuple[str, ...] = ("grad_norm", "weight_norm", "train_loss", "erank", "active_frac", "b_simple",
@@ -61,6 +62,9 @@ def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold:
                        layers: Sequence[str] = ("all", "fc1", "fc2"), workers: int | None = None) -> pd.DataFrame:
     """The full evaluation table (one row per signal, layer and detector) over ``configs``.
 
+    Each run counts once: a run without probes whose probed twin is also in ``configs`` is left
+    out, since the twin's base signals are its record bit for bit (:func:`phaselib.sweep.probe_twins`).
+
     Runs are read and scanned one at a time (only their alarms are kept), so memory does not grow
     with the sweep. With ``workers`` > 1 the runs are split into that many contiguous chunks
     scanned by local processes (PELT in ruptures is pure Python: about 1 s per run of 2000
@@ -68,6 +72,8 @@ def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold:
     :data:`PARALLEL_FROM` runs (starting processes costs seconds), else one per core.
     """
     configs = list({c.key: c for c in configs}.values())
+    twins = probe_twins(configs, configs)  # a plain run whose probed twin is here: the same base signals
+    configs = [c for c in configs if c.key not in twins]
     if workers is None:
         workers = 1 if len(configs) < PARALLEL_FROM else os.cpu_count() or 1
     check_workers(workers)

@@ -9,13 +9,13 @@ from phaselib.record import RunRecord, tidy
 from phaselib.store import RunStore
 
 
-def run(task: str, seed: int, event: int | None, jump: int | None) -> RunRecord:
+def run(task: str, seed: int, event: int | None, jump: int | None, probes: tuple = ()) -> RunRecord:
     """A 600-epoch run whose grad norm steps up at ``jump`` and whose test metric rises at ``event``."""
     n, t = 600, np.arange(600)
     rng = np.random.default_rng(seed)
     g = 1 + 0.02 * rng.standard_normal(n) + (3.0 * (t >= jump) if jump is not None else 0)
     metric = np.where(t >= event, 0.95, 0.02) if event is not None else np.full(n, 0.02)
-    cfg = RunConfig(task=task, modulus=11, seed=seed, epochs=n, width=8)
+    cfg = RunConfig(task=task, modulus=11, seed=seed, epochs=n, width=8, probes=probes)
     return RunRecord(cfg, tidy(cfg.key, t, {("grad_norm", "all"): g, ("test_metric", "all"): metric}))
 
 
@@ -43,3 +43,15 @@ def test_the_table_does_not_depend_on_the_worker_count(stored):
     pd.testing.assert_frame_equal(evaluate_detectors(store, configs), evaluate_detectors(store, configs, workers=2))
     with pytest.raises(ValueError, match="workers"):
         evaluate_detectors(store, configs, workers=0)
+
+
+def test_a_run_and_its_probed_twin_count_once(stored, tmp_path):
+    """The probed twin carries the plain run's base signals bit for bit: scored together, the
+    run would count twice (and halve the sign test's p-value)."""
+    store, configs = stored
+    twin = run("modular", 0, 400, 250, probes=(("hessian_every", 100),))
+    assert twin.config.replace(probes=()).key == configs[0].key
+    store.put(twin)
+    both = evaluate_detectors(store, configs + [twin.config])
+    pd.testing.assert_frame_equal(both, evaluate_detectors(store, [twin.config] + configs[1:]))
+    assert (both["n_runs_generalised"] == 4).all()
