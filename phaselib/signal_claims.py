@@ -4,7 +4,8 @@ Each claim names a signal, a detector and the direction the article predicts; a 
 it when the detector fires, in that direction, *before* the run's generalisation event (the
 first epoch from which the test metric stays >= threshold). Regression-control runs have no
 delayed transition, so any alarm there is counted as a false alarm; a claim whose detector fires on
-half the control runs or more holds at most partly (its alarm is not specific to grokking).
+half the control runs or more, in the predicted direction, holds at most partly (its alarm is not
+specific to grokking).
 
 - lambda_min (seed 003): "drops tenfold or crosses zero before a transition":
   :func:`phaselib.detect.curvature.detect` (persistent tenfold drop / zero crossing).
@@ -94,14 +95,17 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
 
 def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
     """Per claim: supporting runs among generalised modular runs (with the exact 95% CI of the
-    share), control false alarms, verdict."""
+    share), control false alarms (alarms in the claim's direction: a move the other way is not
+    what the claim predicts), verdict."""
     rows = []
     for c in CLAIMS:
         a = alarms[alarms["claim"] == c.claim]
         mod = a[(a["task"] == "modular") & a["event_epoch"].notna()]
         ctrl = a[a["task"] == "regression"]
         k, n = int(mod["supports"].sum()), len(mod)
-        fa = int(ctrl["alarm_epoch"].notna().sum())
+        fired = ctrl["alarm_epoch"].notna()
+        fa = int((fired & (ctrl["direction"] == c.direction)).sum())  # a false alarm is the predicted move
+        other = int(fired.sum()) - fa
         verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
         unspecific = len(ctrl) > 0 and fa / len(ctrl) >= 0.5
         if verdict == HOLDS and unspecific:
@@ -115,7 +119,8 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
                      "reason": ("no probed modular run generalised" if n == 0 else
                                 f"{k} of {n} generalised runs alarm {c.direction} before the event"
                                 + (f"; but the control alarms too ({fa}/{len(ctrl)}), so it is not specific to grokking"
-                                   if unspecific else f"; the control alarms too ({fa})" if fa else ""))})
+                                   if unspecific else f"; the control alarms too ({fa})" if fa else "")
+                                + (f"; {other} control alarm(s) in the other direction not counted" if other else ""))})
     return pd.DataFrame(rows)
 
 

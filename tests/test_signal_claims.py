@@ -6,13 +6,13 @@ from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, estima
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
-           seed: int = 0) -> RunRecord:
+           seed: int = 0, erank_step: float = 5.0) -> RunRecord:
     """A run with known change epochs in each probed signal and a known generalisation event."""
     n = 1200
     rng = np.random.default_rng(seed)
     t = np.arange(n)
     metric = np.where(t >= event, 0.95, 0.02) if event is not None else np.full(n, 0.02)
-    erank = 10 + 0.05 * rng.standard_normal(n) + (5.0 * (t >= erank_jump) if erank_jump is not None else 0)
+    erank = 10 + 0.05 * rng.standard_normal(n) + (erank_step * (t >= erank_jump) if erank_jump is not None else 0)
     cfg = RunConfig(task=task, modulus=11, seed=seed, epochs=n, width=8)
     base = tidy(cfg.key, t, {("test_metric", "all"): metric, ("erank", "all"): erank})
     sparse_h = np.arange(0, n, 50)
@@ -54,6 +54,17 @@ def test_an_alarm_the_control_shares_is_not_specific():
     v = verdicts(alarm_table(recs))
     lmin = v.iloc[0]
     assert lmin["verdict"] == "holds partly" and "not specific" in lmin["reason"]
+
+
+def test_a_control_alarm_the_other_way_is_not_a_false_alarm():
+    """The effective rank claim predicts a jump up; a control whose erank steps down does not share it."""
+    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(2)]
+            + [record("regression", 0, None, None, 300, erank_step=-5.0)])
+    a = alarm_table(recs)
+    assert a.loc[a["task"] == "regression"].set_index("signal").loc["erank", "direction"] == "down"
+    erank = verdicts(a).iloc[2]  # CLAIMS order: lambda_min, B_simple, effective rank
+    assert erank["verdict"] == HOLDS and erank["control alarms"] == "0/1"
+    assert "1 control alarm(s) in the other direction not counted" in erank["reason"]
 
 
 def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
