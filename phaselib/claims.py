@@ -13,7 +13,8 @@ import pandas as pd
 from scipy import stats
 
 from . import published
-from .tables import bootstrap_ci
+from .detect.offline import SKIP_FRAC
+from .tables import bootstrap_ci, mean_ci
 
 HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
 OP_NAMES = {"add": "addition", "sub": "subtraction", "mul": "multiplication", "div": "division"}
@@ -123,12 +124,12 @@ def claim_lag_range(summary: pd.DataFrame) -> Claim:
 
 def per_frac_lags(summary: pd.DataFrame) -> pd.DataFrame:
     """Per (operation, fraction) of the seed grid: runs, generalised runs, generalised runs the
-    gradient peak leads, their mean lag with bootstrap CI, and the median Pearson r of all runs."""
+    gradient peak leads, their mean lag with its t 95% CI, and the median Pearson r of all runs."""
     m = _modular(_seed_grid(summary), None)
     rows = []
     for (op, f), g in m.groupby(["operation", "frac"]):
         gl = g.loc[g["generalised"], "lag"].to_numpy(float)
-        lo, hi = bootstrap_ci(gl)
+        lo, hi = mean_ci(gl)
         rows.append({"operation": op, "frac": f, "n": len(g), "n_generalised": len(gl), "n_leading": int((gl > 0).sum()),
                      "mean_lag": gl.mean() if len(gl) else np.nan, "ci_low": lo, "ci_high": hi,
                      "median_pearson_r": float(g["pearson_r"].median())})
@@ -185,16 +186,21 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
     return Claim(text, "642 > 199 > 54", ours, _ci(lo, hi, ".2f") + " (ρ, bootstrap 95%)", verdict, reason)
 
 
-def claim_regression(summary: pd.DataFrame) -> Claim:
+def claim_regression(summary: pd.DataFrame, skip_frac: float = SKIP_FRAC) -> Claim:
+    """No control run leads; when every control's gradient peak is the first epoch the peak search
+    sees (its norm falls from the start), the reason says that the lag is the skip window's."""
     reg = summary[summary["task"] == "regression"].drop_duplicates("run")
     text = "the regression control shows no positive lag"
     if len(reg) == 0:
         return Claim(text, "−60 (all 3)", "no regression run", "–", UNTESTABLE, "no control in this sweep")
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
+    reason = "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead"
+    if "epochs" in reg and (reg["gnorm_peak_epoch"] == np.floor(reg["epochs"] * skip_frac)).all():
+        reason += (f"; every control's gradient peak is the first epoch after the skipped first {skip_frac:.0%} "
+                   "(its norm falls from the start), so the lag is set by the skip window, not measured")
     return Claim(text, "−60 (all 3)", f"lags {reg['lag'].min():.0f} to {reg['lag'].max():.0f}; {k}/{len(reg)} positive",
-                 _ci(lo, hi, ".2f") + " (share positive, exact 95%)",
-                 HOLDS if k == 0 else FAILS, "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead")
+                 _ci(lo, hi, ".2f") + " (share positive, exact 95%)", HOLDS if k == 0 else FAILS, reason)
 
 
 def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
@@ -206,13 +212,19 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     lo, hi = bootstrap_ci(r, stat=np.median)
     strong = int((r <= -0.5).sum())
     verdict = HOLDS if strong == len(r) else PARTLY if np.median(r) <= -0.5 else FAILS
-    return Claim(text, "−0.93 to −0.66", f"median {np.median(r):.2f}, range {r.min():.2f} to {r.max():.2f}; {strong}/{len(r)} ≤ −0.5",
-                 _ci(lo, hi, ".2f") + " (median, bootstrap 95%)", verdict,
-                 "strong (r ≤ −0.5) in every modular run" if verdict == HOLDS else f"{len(r) - strong} run(s) weaker than −0.5")
+    reason = "strong (r ≤ −0.5) in every modular run" if verdict == HOLDS else f"{len(r) - strong} run(s) weaker than −0.5"
+    e_lo, e_hi = int(m["epochs"].min()), int(m["epochs"].max())
+    if operation == "add" and e_hi < PAPER_HORIZON:  # r is taken over the whole run, so over its length
+        verdict, reason = UNTESTABLE, (f"{reason}; but r over a whole run depends on its length, and these runs "
+                                       f"stop at {e_hi} epochs, the paper's at {PAPER_HORIZON}")
+    return Claim(text, "−0.93 to −0.66", f"median {np.median(r):.2f}, range {r.min():.2f} to {r.max():.2f}; {strong}/{len(r)} ≤ −0.5"
+                 f" (runs of {e_lo}{'' if e_lo == e_hi else f'–{e_hi}'} epochs)",
+                 _ci(lo, hi, ".2f") + " (median, bootstrap 95%)", verdict, reason)
 
 
 def claim_half_never(summary: pd.DataFrame) -> Claim:
-    """At 50% the model never generalises: judged at every horizon the summary has."""
+    """At 50% the model never generalises: judged at every horizon the summary has; runs that all
+    stop before the paper's horizon cannot confirm it (only refute it)."""
     m = _modular(summary)
     half = m[np.isclose(m["frac"], 0.5)]
     acc = published.FINAL_TEST_ACCURACY[0.5]
@@ -238,8 +250,11 @@ def claim_half_never(summary: pd.DataFrame) -> Claim:
                                    "longer runs generalise later: the setting is slow, not incapable")
     elif len(beyond):
         verdict, reason = HOLDS, f"no 50% run generalises, even over {int(beyond['epochs'].max())} epochs"
-    else:
+    elif within["epochs"].max() >= PAPER_HORIZON:
         verdict, reason = HOLDS, f"no 50% run generalises within {int(within['epochs'].max())} epochs (no longer run)"
+    else:
+        verdict, reason = UNTESTABLE, (f"no 50% run generalises within {int(within['epochs'].max())} epochs, but the "
+                                       f"claim is about {PAPER_HORIZON}: these runs are too short to test it")
     return Claim(text, paper, "; ".join(parts), "; ".join(cis) + " (share, exact 95%)", verdict, reason)
 
 
@@ -254,7 +269,7 @@ def claim_half_lag(summary: pd.DataFrame) -> Claim:
         return Claim(text, paper, f"0 of {n} runs at 50% generalised", "–", UNTESTABLE,
                      "the paper's 50% lags are measured against a transition that never happens")
     lags = half["lag"].to_numpy(float)
-    lo, hi = bootstrap_ci(lags)
+    lo, hi = mean_ci(lags)
     k = int((lags > 0).sum())
     ref = float(published.TABLE2.loc[np.isclose(published.TABLE2["frac"], 0.5), "mean"].iloc[0])
     ours = f"mean {lags.mean():.0f}, median {np.median(lags):.0f}, range {lags.min():.0f}–{lags.max():.0f}; {k}/{len(lags)} positive"
@@ -265,17 +280,18 @@ def claim_half_lag(summary: pd.DataFrame) -> Claim:
     else:
         verdict, reason = PARTLY, ("lags positive, but the paper's mean lies outside the CI" if k == len(lags)
                                    else f"{len(lags) - k} generalised run(s) with lag ≤ 0")
-    return Claim(text, paper, ours + f" (n = {len(lags)} generalised)", _ci(lo, hi) + " (mean, bootstrap 95%)", verdict, reason)
+    return Claim(text, paper, ours + f" (n = {len(lags)} generalised)", _ci(lo, hi) + " (mean, t 95%)", verdict, reason)
 
 
-def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
+def claims_table(summary: pd.DataFrame, skip_frac: float = SKIP_FRAC) -> pd.DataFrame:
     """Every claim of the paper's abstract and results that a summary can judge, then the extensions.
 
     The paper's claims are judged on modular addition; other operations in the summary get rows
     of their own (marked "extension"), so they never dilute or rescue a claim about addition.
+    ``skip_frac`` is the analysis's (the share of early epochs the gradient-peak search skips).
     """
     rows = [claim_precede_all(summary), claim_lag_range(summary), claim_mean_positive(summary),
-            claim_monotone(summary), claim_regression(summary), claim_pearson(summary),
+            claim_monotone(summary), claim_regression(summary, skip_frac), claim_pearson(summary),
             claim_half_never(summary), claim_half_lag(summary)]
     others = [op for op in OP_NAMES if op != "add" and op in set(summary.loc[summary["task"] == "modular", "operation"])]
     for op in others:
@@ -285,7 +301,7 @@ def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def operation_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Per operation and fraction of the seed grid: how many runs generalise (exact 95% CI), how
-    many generalised runs the gradient peak leads, their mean lag (bootstrap 95% CI), median Pearson r."""
+    many generalised runs the gradient peak leads, their mean lag (t 95% CI), median Pearson r."""
     rows = []
     for r in per_frac_lags(summary).itertuples():
         glo, ghi = clopper_pearson(r.n_generalised, r.n)

@@ -125,8 +125,8 @@ def weight_norms(records: Sequence[RunRecord], ax: plt.Axes | None = None) -> pl
 
 
 def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
-    """Lags per fraction: one dot per seed (hollow: did not generalise), mean with bootstrap CI."""
-    from .tables import bootstrap_ci
+    """Lags per fraction: one dot per seed (hollow: did not generalise), mean with its t 95% CI."""
+    from .tables import mean_ci
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4))
     fracs = sorted(summary["frac"].unique())
@@ -137,14 +137,14 @@ def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
         ax.scatter(i + jitter[gen], g["lag"].to_numpy()[gen], color="tab:blue", s=18, zorder=3)
         ax.scatter(i + jitter[~gen], g["lag"].to_numpy()[~gen], facecolors="none", edgecolors="tab:blue", s=18, zorder=3)
         mean = g["lag"].mean()
-        lo, hi = bootstrap_ci(g["lag"].to_numpy())
+        lo, hi = mean_ci(g["lag"].to_numpy())
         ax.errorbar(i + 0.25, mean, yerr=[[mean - lo], [hi - mean]] if np.isfinite(lo) else None, fmt="s",
                     color="black", capsize=3, ms=4)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(fracs)), [f"{f:.0%}" for f in fracs])
     ax.set_xlabel("training fraction")
     ax.set_ylabel("lag (epochs)")
-    ax.set_title("Lag per seed (hollow: did not generalise); mean ± bootstrap 95% CI", fontsize=10)
+    ax.set_title("Lag per seed (hollow: did not generalise); mean ± t 95% CI", fontsize=10)
     return ax
 
 

@@ -3,7 +3,7 @@ import pandas as pd
 
 from phaselib.claims import (FAILS, HOLDS, PARTLY, UNTESTABLE, claims_table, clopper_pearson, operation_table,
                              per_frac_lags)
-from phaselib.tables import bootstrap_ci, table1, table2
+from phaselib.tables import bootstrap_ci, mean_ci, table1, table2
 
 
 def summary(lags: dict, gen: dict | None = None, reg_lags=(-12, -12, -12), r=-0.8, op="add", epochs=3000,
@@ -75,6 +75,20 @@ def test_bootstrap_ci_covers_and_degenerates():
     assert all(np.isnan(bootstrap_ci(np.array([3.0]))))
 
 
+def test_mean_ci_is_students_t_and_keeps_its_coverage_with_three_seeds():
+    from scipy import stats
+    x = np.array([192.0, 179.0, 226.0])
+    want = stats.t.interval(0.95, 2, loc=x.mean(), scale=x.std(ddof=1) / np.sqrt(3))
+    np.testing.assert_allclose(mean_ci(x), want, rtol=1e-12)
+    assert all(np.isnan(mean_ci(np.array([3.0, np.nan]))))
+    # 2000 normal samples of 3: the t interval covers the mean ~95% of the time, the bootstrap far less
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0, 1, (2000, 3))
+    t_cover = np.mean([lo < 0 < hi for lo, hi in map(mean_ci, samples)])
+    boot_cover = np.mean([lo < 0 < hi for lo, hi in (bootstrap_ci(s, n_boot=400) for s in samples[:400])])
+    assert 0.93 < t_cover < 0.97 and boot_cover < 0.85
+
+
 def test_tables_use_ddof1_and_the_papers_figures():
     s = summary({0.5: [699, 422, 804], 0.7: [192, 179, 226], 0.9: [12, 69, 82]})
     for c in ("final_train_metric", "seed"):
@@ -96,7 +110,10 @@ def _row(t: pd.DataFrame, start: str) -> pd.Series:
 def test_half_never_generalises_is_judged_per_horizon():
     never = {0.5: [False] * 3, 0.7: [True] * 3}
     base = summary({0.5: [600, 700, 650], 0.7: [190, 180, 220]}, gen=never, epochs=2000)
-    assert _row(claims_table(base), "at 50% the model never")["verdict"] == HOLDS
+    short = _row(claims_table(base), "at 50% the model never")  # 2000 epochs cannot confirm "never by 3000"
+    assert short["verdict"] == UNTESTABLE and "too short to test it" in short["reason"]
+    full = summary({0.5: [600, 700, 650], 0.7: [190, 180, 220]}, gen=never, epochs=3000)
+    assert _row(claims_table(pd.concat([base, full])), "at 50% the model never")["verdict"] == HOLDS
     # longer runs that generalise later: true within the paper's horizon only
     late = summary({0.5: [640, 700, 620, 660]}, gen={0.5: [True, True, False, True]}, epochs=10000, group="long")
     t = claims_table(pd.concat([base, late]))
@@ -150,3 +167,19 @@ def test_lag_range_judges_the_primary_sweep_and_every_generalised_run():
     assert row["ci"] == "[0.22, 0.96] (share inside, exact 95%)"
     reg = _row(claims_table(s), "the regression control")
     assert reg["verdict"] == HOLDS and reg["ci"].startswith("[0.00, 0.84]")  # 0/2: 1 - 0.025 ** (1/2)
+
+
+def test_pearson_on_runs_shorter_than_the_papers_is_not_comparable():
+    short = _row(claims_table(summary({0.7: [190, 180]}, r=-0.3, epochs=1200)), "Pearson r strongly negative")
+    assert short["verdict"] == UNTESTABLE and "stop at 1200 epochs, the paper's at 3000" in short["reason"]
+    assert "(runs of 1200 epochs)" in short["ours"]
+    full = _row(claims_table(summary({0.7: [190, 180]}, r=-0.3, epochs=3000)), "Pearson r strongly negative")
+    assert full["verdict"] == FAILS and "3000 epochs" in full["ours"]
+
+
+def test_a_control_lag_set_by_the_skip_window_says_so():
+    s = summary({0.7: [190, 180, 220]})
+    s.loc[s["task"] == "regression", "epochs"] = 600  # gradient peak 12 = the first epoch after 2% of 600
+    reg = _row(claims_table(s), "the regression control")
+    assert reg["verdict"] == HOLDS and "set by the skip window" in reg["reason"]
+    assert "skip window" not in _row(claims_table(s, skip_frac=0.05), "the regression control")["reason"]
