@@ -43,12 +43,14 @@ def test_evaluate_by_hand(alarms, runs):
     assert x.false_alarms_per_1000_epochs_control == 0.0
     assert x.false_alarms_per_1000_epochs_never_generalised == pytest.approx(1000 / 3000)
     assert x.p_value == pytest.approx(0.75)  # one positive, one negative lead
+    assert (x.null_runs_alarmed, x.n_null_runs) == (1, 2)  # C alarmed, the control D not
     assert x.lead_ci_low >= -50 and x.lead_ci_high <= 300
     # y: A missed (no alarm), B's first alarm leads by 100 (its later alarm is ignored);
     # both control alarms count
     assert (y.n_runs_generalised, y.n_leads, y.hits, y.median_lead) == (2, 1, 1, 100.0)
     assert math.isnan(y.lead_ci_low) and math.isnan(y.lead_ci_high)
     assert y.false_alarms == 2 and y.false_alarms_per_1000_epochs_control == pytest.approx(2 / 3)
+    assert (y.null_runs_alarmed, y.n_null_runs) == (1, 2)  # two alarms, one run (D)
     assert y.p_value == pytest.approx(0.5)
 
 
@@ -188,10 +190,12 @@ def test_detector_table_fixed_false_alarm_rate():
         "median_lead": [500.0, 300.0, 100.0, 50.0, 400.0],
         "lead_ci_low": NAN, "lead_ci_high": NAN, "hits": 3, "n_runs_generalised": 3,
         "hit_rate": [1.0, 1.0, 0.67, 1.0, 1.0],
-        "false_alarms_per_1000_epochs": [0.9, 0.1, 0.0, 0.0, NAN], "p_value": 0.125})
+        "false_alarms_per_1000_epochs": [0.9, 0.1, 0.0, 0.0, NAN], "null_runs_alarmed": [3, 1, 0, 0, 0],
+        "n_null_runs": [3, 3, 3, 3, 0], "p_value": 0.125})
     t = detector_table(ev, max_false_alarm_rate=0.2)
     # k=2 breaks the false-alarm budget; the best remaining online knob is k=3; t has no null
     # runs, so its rate is unknown and it is left out
     assert list(t["detector"]) == ["online(k=3)", "curvature()"]
+    assert list(t["null_runs_alarmed"]) == [1, 0] and (t["n_null_runs"] == 3).all()
     assert len(detector_table(ev, max_false_alarm_rate=0.2, best_per_family=False)) == 3
     assert list(detector_table(ev, 1.0)["detector"])[0] == "online(k=2)"
