@@ -2,10 +2,13 @@
 
 Each claim names a signal, a detector and the direction the article predicts; a run supports
 it when the detector fires, in that direction, *before* the run's generalisation event (the
-first epoch from which the test metric stays >= threshold). Regression-control runs have no
-delayed transition, so any alarm there is counted as a false alarm; a claim whose detector fires on
-half the control runs or more, in the predicted direction, holds at most partly (its alarm is not
-specific to grokking).
+first epoch from which the test metric stays >= threshold). Runs without a transition are the
+null runs: the regression control (no delayed transition) and modular runs that never
+generalised. An alarm there in the predicted direction is a false alarm (a move the other way is
+not what the claim predicts); a claim whose detector fires so on half the controls or more, or on
+half the never-generalised runs or more, holds at most partly (its alarm is not specific to
+grokking). The two kinds are judged apart, so that the other task's controls cannot dilute a
+false alarm on the same task.
 
 - lambda_min (seed 003): "drops tenfold or crosses zero before a transition":
   :func:`phaselib.detect.curvature.detect` (persistent tenfold drop / zero crossing).
@@ -95,32 +98,37 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
 
 def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
     """Per claim: supporting runs among generalised modular runs (with the exact 95% CI of the
-    share), control false alarms (alarms in the claim's direction: a move the other way is not
-    what the claim predicts), verdict."""
+    share), false alarms on the controls and on never-generalised modular runs (module
+    docstring), verdict."""
     rows = []
     for c in CLAIMS:
         a = alarms[alarms["claim"] == c.claim]
         mod = a[(a["task"] == "modular") & a["event_epoch"].notna()]
-        ctrl = a[a["task"] == "regression"]
         k, n = int(mod["supports"].sum()), len(mod)
-        fired = ctrl["alarm_epoch"].notna()
-        fa = int((fired & (ctrl["direction"] == c.direction)).sum())  # a false alarm is the predicted move
-        other = int(fired.sum()) - fa
+        null = {"control": a[a["task"] == "regression"],
+                "never-generalised": a[(a["task"] == "modular") & a["event_epoch"].isna()]}
+        fired = {kind: g["alarm_epoch"].notna() for kind, g in null.items()}
+        fa = {kind: int((fired[kind] & (g["direction"] == c.direction)).sum()) for kind, g in null.items()}
+        other = sum(int(f.sum()) for f in fired.values()) - sum(fa.values())
+        loud = [kind for kind, g in null.items() if len(g) and fa[kind] / len(g) >= 0.5]
         verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
-        unspecific = len(ctrl) > 0 and fa / len(ctrl) >= 0.5
-        if verdict == HOLDS and unspecific:
-            verdict = PARTLY  # it fires on the control as often: not a sign of grokking in particular
+        if verdict == HOLDS and loud:
+            verdict = PARTLY  # it fires as often without a transition: not a sign of grokking in particular
+        counts = ", ".join(f"{kind} {fa[kind]}/{len(g)}" for kind, g in null.items() if len(g))
         leads = mod.loc[mod["supports"], "lead"]
         lo, hi = clopper_pearson(k, n)
         rows.append({"claim": c.claim, "supporting runs": f"{k}/{n}",
                      "share 95% CI": "–" if n == 0 else f"[{lo:.2f}, {hi:.2f}]",
                      "median lead (epochs)": float(leads.median()) if len(leads) else np.nan,
-                     "control alarms": f"{fa}/{len(ctrl)}", "verdict": verdict,
+                     "control alarms": f"{fa['control']}/{len(null['control'])}",
+                     "never-generalised alarms": f"{fa['never-generalised']}/{len(null['never-generalised'])}",
+                     "verdict": verdict,
                      "reason": ("no probed modular run generalised" if n == 0 else
                                 f"{k} of {n} generalised runs alarm {c.direction} before the event"
-                                + (f"; but the control alarms too ({fa}/{len(ctrl)}), so it is not specific to grokking"
-                                   if unspecific else f"; the control alarms too ({fa})" if fa else "")
-                                + (f"; {other} control alarm(s) in the other direction not counted" if other else ""))})
+                                + (f"; but runs without a transition alarm too ({counts}), so it is not specific "
+                                   "to grokking" if loud else f"; runs without a transition alarm too ({counts})"
+                                   if sum(fa.values()) else "")
+                                + (f"; {other} alarm(s) on such runs in the other direction not counted" if other else ""))})
     return pd.DataFrame(rows)
 
 

@@ -64,7 +64,20 @@ def test_a_control_alarm_the_other_way_is_not_a_false_alarm():
     assert a.loc[a["task"] == "regression"].set_index("signal").loc["erank", "direction"] == "down"
     erank = verdicts(a).iloc[2]  # CLAIMS order: lambda_min, B_simple, effective rank
     assert erank["verdict"] == HOLDS and erank["control alarms"] == "0/1"
-    assert "1 control alarm(s) in the other direction not counted" in erank["reason"]
+    assert "1 alarm(s) on such runs in the other direction not counted" in erank["reason"]
+
+
+def test_a_run_that_never_generalised_but_alarms_makes_the_claim_unspecific():
+    """The same task without a transition: an erank jump there is not announcing one."""
+    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(2)]
+            + [record("modular", None, None, None, 500, seed=5)]
+            + [record("regression", 0, None, None, None, seed=s) for s in range(3)])
+    v = verdicts(alarm_table(recs))
+    erank = v.iloc[2]
+    assert erank["supporting runs"] == "2/2" and erank["verdict"] == "holds partly"
+    assert erank["never-generalised alarms"] == "1/1" and erank["control alarms"] == "0/3"
+    assert "never-generalised 1/1" in erank["reason"] and "not specific" in erank["reason"]
+    assert v.iloc[0]["never-generalised alarms"] == "0/1" and v.iloc[0]["verdict"] == HOLDS
 
 
 def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
