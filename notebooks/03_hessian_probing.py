@@ -94,8 +94,10 @@ show(alarms.drop(columns=["task"]), name="signal_alarms", out_dir=P.out_dir)
 # %% [markdown]
 # ## The verdicts
 # A run supports a claim when the detector fires in the predicted direction before its
-# generalisation event; the regression control has no delayed transition, so its alarms are
-# false alarms.
+# generalisation event. Runs without a transition (the regression control, and modular runs
+# that never generalised) show whether an alarm is specific: one there, in the predicted
+# direction, is a false alarm, and a claim whose detector fires so on half of either kind holds
+# at most partly.
 
 # %% tags=["nbval-check-output"]
 v = verdicts(alarms)
@@ -105,4 +107,5 @@ show(v, name="signal_verdicts", out_dir=P.out_dir)
 n_mod = sum(r.config.task == "modular" for r in records)
 say(f"Judged on {n_mod} probed modular run(s) and {len(records) - n_mod} control run(s): "
     + "; ".join(f"*{r.claim}* — **{r.verdict}** ({r.reason})" for r in v.itertuples())
-    + ". With this few runs a verdict is a first look, not a test: `params/paper.yaml` probes every fraction.")
+    + f". With this few runs a verdict is a first look, not a test (and the Hessian is probed every "
+    f"{P.probe_hessian_every} epochs, so λ_min alarms come on that grid): `params/paper.yaml` probes every fraction.")

@@ -120,12 +120,13 @@ def weight_norms(records: Sequence[RunRecord], ax: plt.Axes | None = None) -> pl
     ax.set_xlabel("epoch")
     ax.set_ylabel("weight L2 norm (all layers)")
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Weight norms: weight decay shrinks the memorising solution", fontsize=10)
+    ax.set_title("Total weight norm over training", fontsize=10)
     return ax
 
 
 def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
-    """Lags per fraction: one dot per seed (hollow: did not generalise), mean with its t 95% CI."""
+    """Lags per fraction: one dot per seed (hollow: did not generalise, so its lag is no finding)
+    and the mean of the generalised runs' lags with its t 95% CI, labelled with their number."""
     from .tables import mean_ci
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.4))
@@ -136,15 +137,18 @@ def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
         gen = g["generalised"].astype(bool).to_numpy()
         ax.scatter(i + jitter[gen], g["lag"].to_numpy()[gen], color="tab:blue", s=18, zorder=3)
         ax.scatter(i + jitter[~gen], g["lag"].to_numpy()[~gen], facecolors="none", edgecolors="tab:blue", s=18, zorder=3)
-        mean = g["lag"].mean()
-        lo, hi = mean_ci(g["lag"].to_numpy())
-        ax.errorbar(i + 0.25, mean, yerr=[[mean - lo], [hi - mean]] if np.isfinite(lo) else None, fmt="s",
-                    color="black", capsize=3, ms=4)
+        lags = g["lag"].to_numpy(float)[gen]
+        if len(lags):
+            mean = lags.mean()
+            lo, hi = mean_ci(lags)
+            ax.errorbar(i + 0.25, mean, yerr=[[mean - lo], [hi - mean]] if np.isfinite(lo) else None, fmt="s",
+                        color="black", capsize=3, ms=4)
+            ax.annotate(f"n={len(lags)}", (i + 0.25, mean), textcoords="offset points", xytext=(6, -3), fontsize=7)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(fracs)), [f"{f:.0%}" for f in fracs])
     ax.set_xlabel("training fraction")
     ax.set_ylabel("lag (epochs)")
-    ax.set_title("Lag per seed (hollow: did not generalise); mean ± t 95% CI", fontsize=10)
+    ax.set_title("Lag per seed (hollow: did not generalise); generalised runs' mean ± t 95% CI", fontsize=10)
     return ax
 
 

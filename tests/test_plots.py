@@ -35,3 +35,14 @@ def test_event_aligned_says_so_when_nothing_generalised():
 def test_metric_curves_one_line_per_run_and_the_threshold():
     ax = plots.metric_curves([record("modular", 200, s) for s in range(3)], threshold=0.5)
     assert len(ax.get_lines()) == 4 and ax.get_ylabel() == "test accuracy (fraction)"
+
+
+def test_lag_distribution_averages_the_generalised_runs_only():
+    import pandas as pd
+    s = pd.DataFrame({"frac": [0.5] * 3 + [0.7] * 3, "lag": [900.0, 800.0, 700.0, 100.0, 200.0, 600.0],
+                      "generalised": [False, False, False, True, True, False]})
+    ax = plots.lag_distribution(s)
+    bars = [c for c in ax.containers if hasattr(c, "lines")]  # errorbar containers
+    assert len(bars) == 1  # none at 50%: nothing generalised there
+    assert float(bars[0].lines[0].get_ydata()[0]) == 150.0  # (100 + 200) / 2, not with the 600
+    assert [t.get_text() for t in ax.texts] == ["n=2"]
