@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 
 from phaselib import params, plots
 from phaselib.notebook import ensure, say, show
-from phaselib.signal_claims import alarm_table, estimate_quality, verdicts
+from phaselib.signal_claims import alarm_table, estimate_quality, quality_totals, verdicts
 from phaselib.sweep import analyse_record, settings_of
 
 P = params.from_namespace(globals())
@@ -73,6 +73,12 @@ alarms = alarm_table(records, P.threshold)
 
 # %% tags=["nbval-check-output"]
 show(estimate_quality(records))
+q = quality_totals(records)
+say(f"Over all probed runs: λ_max converged in {q['lmax']} of {q['probes']} eigensolves and λ_min in {q['lmin']}"
+    + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} probes "
+       f"({q['trace_in1'] / q['trace_n']:.0%}) and within two at {q['trace_in2']}/{q['trace_n']} "
+       f"({q['trace_in2'] / q['trace_n']:.0%}), against 67% and 95% for honest error bars."
+       if q["trace_n"] else "; no exact trace was recorded, so the trace's error bars are not checked."))
 
 # %% [markdown]
 # ## Trajectories
