@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from phaselib.claims import (FAILS, HOLDS, PARTLY, UNTESTABLE, claims_table, clopper_pearson, operation_table,
-                             per_frac_lags)
+                             per_frac_lags, spearman_ci)
 from phaselib.tables import bootstrap_ci, mean_ci, table1, table2
 
 
@@ -183,3 +183,19 @@ def test_a_control_lag_set_by_the_skip_window_says_so():
     reg = _row(claims_table(s), "the regression control")
     assert reg["verdict"] == HOLDS and "set by the skip window" in reg["reason"]
     assert "skip window" not in _row(claims_table(s, skip_frac=0.05), "the regression control")["reason"]
+
+
+def test_spearman_ci_covers_the_population_value():
+    """Bivariate normal with r = 0.5: Spearman's population rho is (6/pi) asin(r/2) (Pearson 1907)."""
+    from scipy import stats
+    rng = np.random.default_rng(3)
+    truth, n, cover = 6 / np.pi * np.arcsin(0.25), 30, 0
+    cov = [[1.0, 0.5], [0.5, 1.0]]
+    for _ in range(1000):
+        x = rng.multivariate_normal([0, 0], cov, n)
+        lo, hi = spearman_ci(stats.spearmanr(x[:, 0], x[:, 1])[0], n)
+        cover += lo < truth < hi
+    assert 0.93 <= cover / 1000 <= 0.97
+    assert all(np.isnan(spearman_ci(-0.8, 3))) and all(np.isnan(spearman_ci(-1.0, 20)))
+    lo, hi = spearman_ci(-0.77, 4)  # four points: the interval spans 0, as the p-value of 0.23 says
+    assert lo < -0.9 and hi > 0.5
