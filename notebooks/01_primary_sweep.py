@@ -19,6 +19,9 @@
 # gradient norm's peak after the first 2% of epochs; the steepest rise of the smoothed test
 # metric; lag = metric transition − gradient peak. Unlike the paper, a run's lag counts as a
 # finding only if the run *generalised*: its test metric reached the threshold and stayed there.
+# The threshold (`threshold`) is a choice far above chance (1/p); at its default, 0.5, half the
+# test pairs or more must be right for good. Runs that end near it can flip either way, so the widget at
+# the end shows how the verdicts move with it.
 #
 # Two epochs mark generalisation in this study. The *metric transition* is the paper's steepest
 # rise of the smoothed test metric; Tables 1 and 2 and every lag use it. The *generalisation
@@ -69,6 +72,9 @@ summary = summarise(store, {"primary": configs}, S)
 # %% tags=["nbval-check-output"]
 t1 = table1(summary)
 show(t1, name="table1", out_dir=P.out_dir)
+say(f"These runs: modulus {P.modulus}, {P.primary_epochs} epochs"
+    + (", the paper's protocol." if P.modulus == 97 and P.primary_epochs == PAPER_HORIZON else
+       f"; the paper's: 97 and {PAPER_HORIZON}, so compare signs and orders of magnitude, not epochs."))
 
 # %% [markdown]
 # ## Each run: gradient norms against the test metric

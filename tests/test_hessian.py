@@ -262,6 +262,28 @@ def test_exact_traces_on_dense_inputs_and_mse(task, n_in, n_out):
         assert exact[key].value == pytest.approx(want, rel=1e-10)
 
 
+def test_exact_traces_hold_for_a_float32_model_at_a_tiny_loss():
+    """A confident softmax makes 1 - |p|^2 and p.w^2 - (p.w)^2 differences of nearly equal numbers:
+    the trace of a float32 model must still match the dense float64 Hessian of the same weights."""
+    import copy
+    model, loss_fn, x, _ = _trained(23)
+    with torch.no_grad():  # the model's own answers on its clearly decided rows, then a sharper softmax
+        top2 = model(x).topk(2, 1)
+        margin = top2.values[:, 0] - top2.values[:, 1]
+        keep = margin > margin.median()
+        x, y = x[keep], top2.indices[keep, 0]
+        model.fc2.weight.mul_(25.0 / float(margin[keep].min()))
+        model.fc2.bias.mul_(25.0 / float(margin[keep].min()))
+    m32 = copy.deepcopy(model).float()
+    m64 = copy.deepcopy(m32).double()
+    loss = float(loss_fn(m64(x), y).detach())
+    assert 0 < loss < 1e-6
+    dense = H.dense_hessian(m64, loss_fn, x, y)
+    exact = H.exact_block_traces(m32, loss_fn, x.float(), y)
+    for key, want in _dense_block_traces(dense, m64).items():
+        assert exact[key].value == pytest.approx(want, rel=1e-6)
+
+
 def test_exact_traces_refuse_what_they_do_not_cover(case):
     model, loss_fn, x, y, _, _ = case
     assert H.exact_trace_applies(model, loss_fn) and not H.exact_trace_applies(model, torch.nn.functional.l1_loss)
@@ -269,6 +291,10 @@ def test_exact_traces_refuse_what_they_do_not_cover(case):
     for m, fn in ((model, torch.nn.functional.l1_loss), (seq.double(), loss_fn)):
         with pytest.raises(ValueError, match="exact trace needs the phaselib MLP"):
             H.exact_block_traces(m, fn, x, y)
+    reg = make_model(1, 4, 1, 0).double()
+    with pytest.raises(ValueError, match="y: shape"):  # (n,) against (n, 1) would broadcast in mse_loss
+        H.exact_block_traces(reg, H.task_loss("regression"), torch.zeros(5, 1, dtype=torch.float64),
+                             torch.zeros(5, dtype=torch.float64))
 
 
 def test_hutchinson_stderr_is_calibrated():
