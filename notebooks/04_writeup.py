@@ -246,7 +246,7 @@ else:
 # are the robust figures.
 
 # %% tags=["nbval-check-output"]
-claims = claims_table(summary, S.skip_frac)
+claims = claims_table(summary)
 show(claims, name="claims", out_dir=P.out_dir)
 claims.to_csv(f"{P.out_dir}/claims.csv", index=False)
 

@@ -13,7 +13,6 @@ import pandas as pd
 from scipy import stats
 
 from . import published
-from .detect.offline import SKIP_FRAC
 from .tables import bootstrap_ci, mean_ci
 
 HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
@@ -191,9 +190,10 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
     return Claim(text, "642 > 199 > 54", ours, _ci(lo, hi, ".2f") + " (ρ, Fisher z 95%)", verdict, reason)
 
 
-def claim_regression(summary: pd.DataFrame, skip_frac: float = SKIP_FRAC) -> Claim:
+def claim_regression(summary: pd.DataFrame) -> Claim:
     """No control run leads; when every control's gradient peak is the first epoch the peak search
-    sees (its norm falls from the start), the reason says that the lag is the skip window's."""
+    sees (``gnorm_search_start_epoch``: its norm falls from the start), the reason says that the
+    peak, and with it the lag, is set by the skip window."""
     reg = summary[summary["task"] == "regression"].drop_duplicates("run")
     text = "the regression control shows no positive lag"
     if len(reg) == 0:
@@ -201,9 +201,9 @@ def claim_regression(summary: pd.DataFrame, skip_frac: float = SKIP_FRAC) -> Cla
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
     reason = "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead"
-    if "epochs" in reg and (reg["gnorm_peak_epoch"] == np.floor(reg["epochs"] * skip_frac)).all():
-        reason += (f"; every control's gradient peak is the first epoch after the skipped first {skip_frac:.0%} "
-                   "(its norm falls from the start), so the lag is set by the skip window, not measured")
+    if "gnorm_search_start_epoch" in reg and (reg["gnorm_peak_epoch"] == reg["gnorm_search_start_epoch"]).all():
+        reason += ("; every control's gradient peak is the first epoch the peak search sees (its norm falls from "
+                   "the start), so the peak, and with it the lag, is set by the skipped early epochs, not measured")
     return Claim(text, "−60 (all 3)", f"lags {reg['lag'].min():.0f} to {reg['lag'].max():.0f}; {k}/{len(reg)} positive",
                  _ci(lo, hi, ".2f") + " (share positive, exact 95%)", HOLDS if k == 0 else FAILS, reason)
 
@@ -288,15 +288,14 @@ def claim_half_lag(summary: pd.DataFrame) -> Claim:
     return Claim(text, paper, ours + f" (n = {len(lags)} generalised)", _ci(lo, hi) + " (mean, t 95%)", verdict, reason)
 
 
-def claims_table(summary: pd.DataFrame, skip_frac: float = SKIP_FRAC) -> pd.DataFrame:
+def claims_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Every claim of the paper's abstract and results that a summary can judge, then the extensions.
 
     The paper's claims are judged on modular addition; other operations in the summary get rows
     of their own (marked "extension"), so they never dilute or rescue a claim about addition.
-    ``skip_frac`` is the analysis's (the share of early epochs the gradient-peak search skips).
     """
     rows = [claim_precede_all(summary), claim_lag_range(summary), claim_mean_positive(summary),
-            claim_monotone(summary), claim_regression(summary, skip_frac), claim_pearson(summary),
+            claim_monotone(summary), claim_regression(summary), claim_pearson(summary),
             claim_half_never(summary), claim_half_lag(summary)]
     others = [op for op in OP_NAMES if op != "add" and op in set(summary.loc[summary["task"] == "modular", "operation"])]
     for op in others:

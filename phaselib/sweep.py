@@ -70,7 +70,8 @@ def summary_row(record: RunRecord, settings: Settings = Settings(), group: str =
     row = {
         "group": group, "run": c.key, "task": c.task, "operation": c.operation or "", "modulus": c.modulus,
         "frac": c.frac, "seed": c.seed, "epochs": c.epochs,
-        "gnorm_peak_epoch": a.gnorm_peak_epoch, "metric_transition_epoch": a.metric_transition_epoch,
+        "gnorm_peak_epoch": a.gnorm_peak_epoch, "gnorm_search_start_epoch": a.gnorm_search_start_epoch,
+        "metric_transition_epoch": a.metric_transition_epoch,
         "lag": a.lag, "generalised": a.generalised, "verdict": a.verdict,
         "generalisation_epoch": a.generalisation_epoch,
         "final_train_metric": float(record.series("train_metric").iloc[-1]),

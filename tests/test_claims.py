@@ -179,10 +179,12 @@ def test_pearson_on_runs_shorter_than_the_papers_is_not_comparable():
 
 def test_a_control_lag_set_by_the_skip_window_says_so():
     s = summary({0.7: [190, 180, 220]})
-    s.loc[s["task"] == "regression", "epochs"] = 600  # gradient peak 12 = the first epoch after 2% of 600
+    assert "skipped early epochs" not in _row(claims_table(s), "the regression control")["reason"]
+    s["gnorm_search_start_epoch"] = 12  # the controls' peak (12) is the first epoch the search sees
     reg = _row(claims_table(s), "the regression control")
-    assert reg["verdict"] == HOLDS and "set by the skip window" in reg["reason"]
-    assert "skip window" not in _row(claims_table(s, skip_frac=0.05), "the regression control")["reason"]
+    assert reg["verdict"] == HOLDS and "set by the skipped early epochs" in reg["reason"]
+    s.loc[s["run"] == "r0.7", "gnorm_search_start_epoch"] = 6
+    assert "skipped early epochs" not in _row(claims_table(s), "the regression control")["reason"]
 
 
 def test_spearman_ci_covers_the_population_value():

@@ -111,3 +111,13 @@ def test_analyse_maps_indices_to_recorded_epochs():
 def test_settings_validation(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         Settings(**bad)
+
+
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_a_falling_norm_peaks_where_the_search_starts_at_any_recording_step(step):
+    """The search start is a sample index: with a record every `step` epochs it is epochs[int(n * skip)]."""
+    epochs = np.arange(0, 3000, step)
+    falling = {"all": np.exp(-epochs / 500.0) + 1.0}
+    a = analyse(epochs, falling, sigmoid(len(epochs), len(epochs) // 2), Settings(skip_frac=0.02))
+    assert a.gnorm_search_start_epoch == epochs[int(len(epochs) * 0.02)]
+    assert a.gnorm_peak_epoch == a.gnorm_search_start_epoch

@@ -73,8 +73,13 @@ def peak_index(x: np.ndarray, skip_frac: float = SKIP_FRAC, **smooth_kw) -> int:
     Ties go to the earliest index.
     """
     s = smooth(x, **smooth_kw)
-    skip = min(int(len(s) * skip_frac), len(s) - 1)
+    skip = search_start(len(s), skip_frac)
     return skip + _first_max(s[skip:])
+
+
+def search_start(n: int, skip_frac: float = SKIP_FRAC) -> int:
+    """The first index :func:`peak_index` searches in a series of ``n`` samples."""
+    return min(int(n * skip_frac), n - 1)
 
 
 def steepest_increase_index(x: np.ndarray, **smooth_kw) -> int:
@@ -160,6 +165,7 @@ class Analysis:
     pearson_p: float
     xcorr_lag: int
     xcorr_corr: float
+    gnorm_search_start_epoch: int = 0  # the first epoch the peak search sees (after skip_frac)
     layer_peak_epochs: dict = field(default_factory=dict)
     layer_lags: dict = field(default_factory=dict)
 
@@ -188,5 +194,6 @@ def analyse(epochs: np.ndarray, grad_norms: dict[str, np.ndarray], test_metric: 
         lag=m_epoch - int(epochs[g_i]), generalised=gen_i is not None,
         generalisation_epoch=None if gen_i is None else int(epochs[gen_i]),
         pearson_r=r, pearson_p=p, xcorr_lag=int(xk * step), xcorr_corr=xc,
+        gnorm_search_start_epoch=int(epochs[search_start(len(combined), settings.skip_frac)]),
         layer_peak_epochs=layer_peaks, layer_lags={l: m_epoch - e for l, e in layer_peaks.items()},
     )
