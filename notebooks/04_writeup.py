@@ -220,14 +220,19 @@ plt.show()
 evaluation = evaluate_detectors(store, [c for cs in groups.values() for c in cs] + probing, threshold=P.threshold)
 ranked = detector_table(evaluation, max_false_alarm_rate=P.max_false_alarms, min_hit_rate=P.min_hit_rate)
 top = ranked.head(12)
-show(top.drop(columns=["rank"]), name="detectors", out_dir=P.out_dir)
+by_kind = [c for c in top.columns if c.endswith(("_control", "_never_generalised"))]
+show(top.drop(columns=["rank"] + by_kind), name="detectors", out_dir=P.out_dir)
+# loud: alarms on half the controls or more, or on half the never-generalised runs or more (judged apart)
+loud_rows = ((top["null_runs_alarmed_control"] >= 0.5 * top["n_null_runs_control"]) & (top["n_null_runs_control"] > 0)) | \
+    ((top["null_runs_alarmed_never_generalised"] >= 0.5 * top["n_null_runs_never_generalised"])
+     & (top["n_null_runs_never_generalised"] > 0))
 if len(ranked) == 0:
     say("No (signal, detector) pair stays under the false-alarm budget with the required hit rate: "
         "no transition is announced.")
 else:
-    loud = int((top["null_runs_alarmed"] >= 0.5 * top["n_null_runs"]).sum())
-    say(f"{loud} of these {len(top)} rows alarm on at least half of the runs without a transition (controls and "
-        "runs that never generalised: `null_runs_alarmed` of `n_null_runs`)"
+    loud = int(loud_rows.sum())
+    say(f"{loud} of these {len(top)} rows alarm on at least half of the controls or of the runs that never "
+        "generalised (judged apart; pooled: `null_runs_alarmed` of `n_null_runs`)"
         + ("; their leads say that the signal changes early in any run, not that it announces generalisation, and "
            "only rows that stay quiet on those runs are warnings" if loud else "")
         + ". `p_value` is the one-sided sign test of positive leads.")
@@ -263,13 +268,13 @@ lines = [f"- {n_gen} of {len(mod)} modular runs generalised; the others' lags ar
 lines += [f"  - *{c.claim}*: **{c.verdict}** — {c.reason}." for c in claims.itertuples()]
 lines += [f"- Probed signal, *{v.claim}*: **{v.verdict}** — {v.reason}." for v in signal_verdicts.itertuples()]
 if len(ranked):
-    quiet = top[top["null_runs_alarmed"] < 0.5 * top["n_null_runs"]]
+    quiet = top[~loud_rows]
     best = (f"; the best of those, {quiet.iloc[0].signal} ({quiet.iloc[0].layer}) under {quiet.iloc[0].detector}, "
             f"leads by a median {quiet.iloc[0].median_lead:.0f} epochs in {quiet.iloc[0].hits} of "
             f"{quiet.iloc[0].n_runs_generalised} generalised runs" if len(quiet) else
             ": none of them is a warning specific to generalisation")
-    lines.append(f"- Detectors (§7): {len(quiet)} of the {len(top)} best-ranked (signal, detector) pairs stay quiet on "
-                 f"most runs without a transition{best}.")
+    lines.append(f"- Detectors (§7): {len(quiet)} of the {len(top)} best-ranked (signal, detector) pairs alarm on "
+                 f"fewer than half of the controls and of the never-generalised runs{best}.")
 else:
     lines.append("- Detectors (§7): no (signal, detector) pair passes the false-alarm budget with the required hit rate.")
 lines.append(f"- Modulus {P.modulus}; these verdicts speak for the parameters of this run "

@@ -16,7 +16,8 @@ Definitions (per signal, layer and detector)
 - false alarm: every alarm on a null run, i.e. a control run (any event there is ignored: the
   control has no delayed transition) or a run that never generalised; the rate is per 1000
   epochs of such runs (the runs table's ``epochs``), pooled and split by kind.
-  null_runs_alarmed counts the null runs with at least one alarm, of n_null_runs: a detector
+  null_runs_alarmed counts the null runs with at least one alarm, of n_null_runs (pooled, and
+  with the suffixes _control and _never_generalised by kind): a detector
   that reports at most one alarm per run (a first change point) stays under one per 1000
   epochs on runs of 1000 epochs or more even when it fires on every null run, so the rate alone
   does not show that it is not specific to generalisation.
@@ -221,9 +222,9 @@ def evaluate(alarms: pd.DataFrame, runs: pd.DataFrame, n_boot: int = 2000, seed:
             null = g[mask]
             epochs = float(null.drop_duplicates("run")["epochs"].sum())
             n_alarms = int(null["alarm_epoch"].notna().sum())
+            row[f"n_null_runs{name}"] = int(null["run"].nunique())
+            row[f"null_runs_alarmed{name}"] = int(null.loc[null["alarm_epoch"].notna(), "run"].nunique())
             if name == "":
-                row["n_null_runs"] = int(null["run"].nunique())
-                row["null_runs_alarmed"] = int(null.loc[null["alarm_epoch"].notna(), "run"].nunique())
                 row["false_alarms"] = n_alarms
             row[f"false_alarms_per_1000_epochs{name}"] = (1000 * n_alarms / epochs if epochs > 0
                                                           else math.nan)
@@ -255,5 +256,6 @@ def detector_table(evaluation: pd.DataFrame, max_false_alarm_rate: float = 1.0,
     e.insert(0, "rank", np.arange(1, len(e) + 1))
     cols = ["rank", "signal", "layer", "detector", "median_lead", "lead_ci_low", "lead_ci_high",
             "hits", "n_runs_generalised", "hit_rate", "false_alarms_per_1000_epochs", "null_runs_alarmed",
-            "n_null_runs", "p_value"]
+            "n_null_runs", "p_value"] + [f"{c}_{kind}" for kind in ("control", "never_generalised")
+                                         for c in ("null_runs_alarmed", "n_null_runs")]
     return e[cols]

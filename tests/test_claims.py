@@ -133,6 +133,9 @@ def test_half_lag_untestable_without_events_and_fails_when_negative():
     assert _row(t, "at 50% the gradient peak leads")["verdict"] == UNTESTABLE
     t = claims_table(summary({0.5: [-40, -10, 30]}))
     assert _row(t, "at 50% the gradient peak leads")["verdict"] == FAILS
+    for lags in ([650], [640, 660]):  # no interval, or a t interval too wide to test the paper's mean
+        row = _row(claims_table(summary({0.5: lags})), "at 50% the gradient peak leads")
+        assert row["verdict"] == PARTLY and "too few to test" in row["reason"]
 
 
 def test_other_operations_get_their_own_rows_and_do_not_touch_addition():
@@ -170,11 +173,13 @@ def test_lag_range_judges_the_primary_sweep_and_every_generalised_run():
 
 
 def test_pearson_on_runs_shorter_than_the_papers_is_not_comparable():
-    short = _row(claims_table(summary({0.7: [190, 180]}, r=-0.3, epochs=1200)), "Pearson r strongly negative")
-    assert short["verdict"] == UNTESTABLE and "stop at 1200 epochs, the paper's at 3000" in short["reason"]
-    assert "(runs of 1200 epochs)" in short["ours"]
-    full = _row(claims_table(summary({0.7: [190, 180]}, r=-0.3, epochs=3000)), "Pearson r strongly negative")
-    assert full["verdict"] == FAILS and "3000 epochs" in full["ours"]
+    short = summary({0.7: [190, 180]}, r=-0.3, epochs=1200)
+    row = _row(claims_table(short), "Pearson r strongly negative")
+    assert row["verdict"] == UNTESTABLE and "no run of the paper's 3000 epochs" in row["reason"]
+    assert "(runs of 1200 epochs)" in row["ours"]
+    full = summary({0.7: [190, 180]}, r=-0.8, epochs=3000)
+    row = _row(claims_table(pd.concat([short, full])), "Pearson r strongly negative")  # judged on 3000 only
+    assert row["verdict"] == HOLDS and "2/2 ≤ −0.5 (runs of 3000 epochs)" in row["ours"]
 
 
 def test_a_control_lag_set_by_the_skip_window_says_so():

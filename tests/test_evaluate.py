@@ -44,6 +44,8 @@ def test_evaluate_by_hand(alarms, runs):
     assert x.false_alarms_per_1000_epochs_never_generalised == pytest.approx(1000 / 3000)
     assert x.p_value == pytest.approx(0.75)  # one positive, one negative lead
     assert (x.null_runs_alarmed, x.n_null_runs) == (1, 2)  # C alarmed, the control D not
+    assert (x.null_runs_alarmed_control, x.n_null_runs_control) == (0, 1)
+    assert (x.null_runs_alarmed_never_generalised, x.n_null_runs_never_generalised) == (1, 1)
     assert x.lead_ci_low >= -50 and x.lead_ci_high <= 300
     # y: A missed (no alarm), B's first alarm leads by 100 (its later alarm is ignored);
     # both control alarms count
@@ -191,7 +193,9 @@ def test_detector_table_fixed_false_alarm_rate():
         "lead_ci_low": NAN, "lead_ci_high": NAN, "hits": 3, "n_runs_generalised": 3,
         "hit_rate": [1.0, 1.0, 0.67, 1.0, 1.0],
         "false_alarms_per_1000_epochs": [0.9, 0.1, 0.0, 0.0, NAN], "null_runs_alarmed": [3, 1, 0, 0, 0],
-        "n_null_runs": [3, 3, 3, 3, 0], "p_value": 0.125})
+        "n_null_runs": [3, 3, 3, 3, 0], "p_value": 0.125,
+        "null_runs_alarmed_control": [1, 0, 0, 0, 0], "n_null_runs_control": [1, 1, 1, 1, 0],
+        "null_runs_alarmed_never_generalised": [2, 1, 0, 0, 0], "n_null_runs_never_generalised": [2, 2, 2, 2, 0]})
     t = detector_table(ev, max_false_alarm_rate=0.2)
     # k=2 breaks the false-alarm budget; the best remaining online knob is k=3; t has no null
     # runs, so its rate is unknown and it is left out
