@@ -1,8 +1,8 @@
 """The articles' claims about curvature, noise and representation signals, judged per run.
 
 Each claim names a signal, a detector and the direction the article predicts; a run supports
-it when the detector fires, in that direction, *before* the run's generalisation event (the
-first epoch from which the test metric stays >= threshold). Runs without a transition are the
+it when the detector's first alarm in that direction comes *before* the run's generalisation
+event (the first epoch from which the test metric stays >= threshold). Runs without a transition are the
 null runs: the regression control (no delayed transition) and modular runs that never
 generalised. An alarm there in the predicted direction is a false alarm (a move the other way is
 not what the claim predicts); a claim whose detector fires so on half the controls or more, or on
@@ -41,7 +41,8 @@ class SignalAlarm:
 
 
 def _lmin(values: np.ndarray) -> tuple[int | None, str | None]:
-    a = curvature.detect(values)
+    """The first persistent drop (the claim's direction), else the first alarm of any kind."""
+    a = curvature.detect(values, direction="down") or curvature.detect(values)
     return (a.index, a.direction) if a else (None, None)
 
 
@@ -53,13 +54,14 @@ def _noise(values: np.ndarray) -> tuple[int | None, str | None]:
 
 
 def _erank(values: np.ndarray) -> tuple[int | None, str | None]:
+    """The first PELT change point past the start-up transient that steps up (the claim's
+    direction; mean of 50 samples after against 50 before), else the first one past it."""
     cp = changepoint.detect(values)
     if cp.transition is None:
         return None, None
-    i = cp.transition
-    before = values[max(0, i - 50):i].mean()
-    after = values[i:i + 50].mean()
-    return i, "up" if after > before else "down"
+    steps = [(i, "up" if values[i:i + 50].mean() > values[max(0, i - 50):i].mean() else "down")
+             for i in cp.indices if i >= cp.transition]
+    return next((s for s in steps if s[1] == "up"), steps[0])
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,12 @@ def test_negative_level_tenfold_more_negative_or_upward_crossing():
     up = detect(np.r_[base, np.full(10, 0.003)])
     assert (up.index, up.direction) == (42, "up")
     assert detect(np.r_[base, np.full(10, -0.05)]) is None  # only fivefold
+    both = np.r_[base, np.full(5, 0.003), np.full(5, -0.2)]  # up across zero first, then tenfold down
+    assert detect(both).direction == "up" and detect(both, direction="up").index == 42
+    assert (detect(both, direction="down").index, detect(both, direction="down").direction) == (47, "down")
+    assert detect(np.r_[base, np.full(10, 0.003)], direction="down") is None
+    with pytest.raises(ValueError, match="direction"):
+        detect(both, direction="sideways")
 
 
 def test_dip_that_does_not_persist_is_ignored():

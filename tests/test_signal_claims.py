@@ -122,3 +122,15 @@ def test_trace_error_bars_are_checked_against_the_exact_trace():
     assert list(per_run["within 2 s.e."]) == ["3/4", "2/3"]
     q = quality_totals(recs)
     assert (q["trace_n"], q["trace_in1"], q["trace_in2"]) == (7, 3, 5)
+
+
+def test_the_first_alarm_in_the_claims_direction_counts_not_the_first_of_any():
+    """erank steps down at 300, then up at 500, before the event at 800: the jump up supports."""
+    rec = record("modular", 800, None, None, None, seed=7)
+    t = rec.table
+    erank = t["signal"] == "erank"
+    epochs = t.loc[erank, "epoch"].to_numpy()
+    t.loc[erank, "value"] = 10.0 + 0.05 * np.random.default_rng(7).standard_normal(erank.sum()) \
+        - 4.0 * ((epochs >= 300) & (epochs < 500)) + 5.0 * (epochs >= 500)
+    a = alarm_table([rec]).set_index("signal").loc["erank"]
+    assert a["direction"] == "up" and abs(a["alarm_epoch"] - 500) <= 10 and a["supports"]

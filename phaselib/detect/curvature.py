@@ -27,8 +27,11 @@ NAME = "curvature"
 
 
 def detect(series: np.ndarray, drop_factor: float = 10.0, persistence: int = 3,
-           baseline: int | None = None) -> Alarm | None:
-    """First persistent tenfold drop or zero crossing of ``series`` (e.g. lambda_min), or None."""
+           baseline: int | None = None, direction: str = "any") -> Alarm | None:
+    """First persistent tenfold drop or zero crossing of ``series`` (e.g. lambda_min), or None;
+    ``direction`` "down" or "up" keeps only the qualifying samples of that direction."""
+    if direction not in ("any", "down", "up"):
+        raise ValueError(f"direction must be one of ['any', 'down', 'up'], got {direction!r}")
     if isinstance(drop_factor, bool) or not isinstance(drop_factor, (int, float, np.floating)) \
             or not math.isfinite(drop_factor) or drop_factor <= 1:
         raise ValueError(f"drop_factor must be a finite number > 1, got {drop_factor!r}")
@@ -51,6 +54,8 @@ def detect(series: np.ndarray, drop_factor: float = 10.0, persistence: int = 3,
         sign[rest > 0] = 1
     else:
         sign[rest < 0] = -1
+    if direction != "any":
+        sign[sign != (1 if direction == "up" else -1)] = 0
     fire = persistent_run_ends(sign, int(persistence))
     if not fire.size:
         return None
