@@ -95,8 +95,9 @@ ov = adjacent_overlaps(per_frac_lags(summary))  # generalised runs only
 if len(ov):
     both = [f"{r.operation} {r.frac_a:.0%}/{r.frac_b:.0%}" for r in ov.itertuples() if r.overlap]
     lines.append(f"- Adjacent fractions whose mean-lag CIs over generalised runs overlap (the seeds do not "
-                 f"separate them): {', '.join(both) if both else 'none'} ({len(ov)} pair(s) with two or more "
-                 f"generalised runs on each side; {len(P.variance_seeds)} seeds per fraction).")
+                 f"clearly separate them; overlap is a conservative check): {', '.join(both) if both else 'none'} "
+                 f"({len(ov)} pair(s) with two or more generalised runs on each side; "
+                 f"{len(P.variance_seeds)} seeds per fraction).")
 else:
     lines.append("- No two adjacent fractions have two or more generalised runs each: no mean lags to compare.")
 say("\n".join(lines))

@@ -76,8 +76,9 @@ show(estimate_quality(records))
 q = quality_totals(records)
 say(f"Over all probed runs: λ_max converged in {q['lmax']} of {q['probes']} eigensolves and λ_min in {q['lmin']}"
     + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} probes "
-       f"({q['trace_in1'] / q['trace_n']:.0%}) and within two at {q['trace_in2']}/{q['trace_n']} "
-       f"({q['trace_in2'] / q['trace_n']:.0%}), against 67% and 95% for honest error bars."
+       f"({q['trace_in1'] / q['trace_n']:.0%}, 95% CI {q['trace_in1_ci'][0]:.0%}–{q['trace_in1_ci'][1]:.0%}) and within "
+       f"two at {q['trace_in2']}/{q['trace_n']} ({q['trace_in2'] / q['trace_n']:.0%}, "
+       f"{q['trace_in2_ci'][0]:.0%}–{q['trace_in2_ci'][1]:.0%}), against 67% and 95% for honest error bars."
        if q["trace_n"] else "; no exact trace was recorded, so the trace's error bars are not checked."))
 
 # %% [markdown]

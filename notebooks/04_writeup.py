@@ -187,7 +187,9 @@ say(f"{len(probe_records)} probed runs; on the {len(probe_mod)} modular one(s), 
     f"λ_max {q['lmax']}/{q['probes']}, "
     f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}"
     + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} "
-       f"probes and within two at {q['trace_in2']}/{q['trace_n']} (honest error bars: about 67% and 95%)."
+       f"probes (95% CI of the share {q['trace_in1_ci'][0]:.0%}–{q['trace_in1_ci'][1]:.0%}) and within two at "
+       f"{q['trace_in2']}/{q['trace_n']} ({q['trace_in2_ci'][0]:.0%}–{q['trace_in2_ci'][1]:.0%}); honest error "
+       "bars give about 67% and 95%."
        if q["trace_n"] else "; no exact trace was recorded."))
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)

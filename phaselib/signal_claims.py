@@ -4,7 +4,8 @@ Each claim names a signal, a detector and the direction the article predicts; a 
 it when the detector's first alarm in that direction comes *before* the run's generalisation
 event (the first epoch from which the test metric stays >= threshold). Runs without a transition are the
 null runs: the regression control (no delayed transition) and modular runs that never
-generalised. An alarm there in the predicted direction is a false alarm (a move the other way is
+generalised within their horizon (a run may generalise later, as long 50% runs do; an alarm
+that early would still be no warning of it). An alarm there in the predicted direction is a false alarm (a move the other way is
 not what the claim predicts); a claim whose detector fires so on half the controls or more, or on
 half the never-generalised runs or more, holds at most partly (its alarm is not specific to
 grokking). The two kinds are judged apart, so that the other task's controls cannot dilute a
@@ -139,6 +140,7 @@ def _trace_z(t: pd.DataFrame) -> np.ndarray:
     est = t[t["signal"] == "hessian_trace"].set_index("epoch")
     exact = t[t["signal"] == "hessian_trace_exact"].set_index("epoch")["value"]
     both = est.join(exact.rename("exact"), how="inner")
+    both = both[both["stderr"] > 0]  # a zero s.e. (all probe vectors agree) has no z to check
     return ((both["value"] - both["exact"]) / both["stderr"]).to_numpy()
 
 
@@ -176,8 +178,11 @@ def estimate_quality(records: Sequence[RunRecord]) -> pd.DataFrame:
 def quality_totals(records: Sequence[RunRecord]) -> dict:
     """Over all runs: Hessian probes, converged λ_max and λ_min eigensolves, the median over runs of
     each run's median relative s.e. of the trace, and the probes with an exact trace (``trace_n``)
-    whose Hutchinson estimate lies within 1 and 2 s.e. of it (``trace_in1``, ``trace_in2``)."""
+    whose Hutchinson estimate lies within 1 and 2 s.e. of it (``trace_in1``, ``trace_in2``, with
+    the exact 95% CIs of those shares)."""
     qs = [_quality(r) for r in records]
     rse = [q["trace_rse"] for q in qs]
     totals = {k: sum(q[k] for q in qs) for k in ("probes", "lmax", "lmin", "trace_n", "trace_in1", "trace_in2")}
-    return totals | {"trace_rse": float(np.nanmedian(rse)) if np.isfinite(rse).any() else np.nan}
+    return totals | {"trace_rse": float(np.nanmedian(rse)) if np.isfinite(rse).any() else np.nan,
+                     "trace_in1_ci": clopper_pearson(totals["trace_in1"], totals["trace_n"]),
+                     "trace_in2_ci": clopper_pearson(totals["trace_in2"], totals["trace_n"])}

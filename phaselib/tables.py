@@ -26,7 +26,8 @@ def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Student's t interval of the mean, mean -+ t_{(1+level)/2, n-1} s / sqrt(n) (exact for normal
     data); NaN for n < 2. For the few seeds of a lag table the percentile bootstrap of the mean
     collapses to about the sample's range (with n = 3 every bootstrap quantile beyond 1/27 lies
-    inside it) and covers far less than ``level``; the t interval keeps its coverage."""
+    inside it) and covers far less than ``level``; the t interval keeps it for normal lags and is
+    robust to moderate departures from normality."""
     x = np.asarray(x, float)
     x = x[~np.isnan(x)]
     if len(x) < 2:
@@ -113,7 +114,8 @@ def tables_markdown(summary: pd.DataFrame) -> str:
 def adjacent_overlaps(t2: pd.DataFrame) -> pd.DataFrame:
     """For each operation, whether the mean-lag CIs of neighbouring fractions overlap.
 
-    Overlapping intervals mean the seeds do not separate the two fractions' mean lags.
+    Separate intervals separate the two fractions' mean lags; overlapping ones do not show that
+    they are the same (comparing overlap is a conservative test: it needs more than p < 0.05).
     """
     rows = []
     for op, g in t2.groupby("operation"):

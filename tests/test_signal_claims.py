@@ -1,5 +1,6 @@
 import numpy as np
 
+from phaselib.claims import clopper_pearson
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
 from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, estimate_quality, quality_totals, verdicts
@@ -122,6 +123,7 @@ def test_trace_error_bars_are_checked_against_the_exact_trace():
     assert list(per_run["within 2 s.e."]) == ["3/4", "2/3"]
     q = quality_totals(recs)
     assert (q["trace_n"], q["trace_in1"], q["trace_in2"]) == (7, 3, 5)
+    assert q["trace_in2_ci"] == clopper_pearson(5, 7) and q["trace_in1_ci"][0] < 3 / 7 < q["trace_in1_ci"][1]
 
 
 def test_the_first_alarm_in_the_claims_direction_counts_not_the_first_of_any():
