@@ -68,7 +68,7 @@ from phaselib import params, plots, published
 from phaselib.claims import claims_table, operation_table, per_frac_lags
 from phaselib.detector_study import evaluate_detectors
 from phaselib.signal_claims import alarm_table, quality_totals, verdicts
-from phaselib.evaluate import detector_table
+from phaselib.evaluate import detector_table, specific
 from phaselib.notebook import ensure, open_store, say, show
 from phaselib.results import write_results
 from phaselib.sweep import settings_of, study_groups, summarise
@@ -224,15 +224,12 @@ ranked = detector_table(evaluation, max_false_alarm_rate=P.max_false_alarms, min
 top = ranked.head(12)
 by_kind = [c for c in top.columns if c.endswith(("_control", "_never_generalised"))]
 show(top.drop(columns=["rank"] + by_kind), name="detectors", out_dir=P.out_dir)
-# loud: alarms on half the controls or more, or on half the never-generalised runs or more (judged apart)
-loud_rows = ((top["null_runs_alarmed_control"] >= 0.5 * top["n_null_runs_control"]) & (top["n_null_runs_control"] > 0)) | \
-    ((top["null_runs_alarmed_never_generalised"] >= 0.5 * top["n_null_runs_never_generalised"])
-     & (top["n_null_runs_never_generalised"] > 0))
+quiet_rows = specific(top)
 if len(ranked) == 0:
     say("No (signal, detector) pair stays under the false-alarm budget with the required hit rate: "
         "no transition is announced.")
 else:
-    loud = int(loud_rows.sum())
+    loud = int((~quiet_rows).sum())
     say(f"{loud} of these {len(top)} rows alarm on at least half of the controls or of the runs that never "
         "generalised (judged apart; pooled: `null_runs_alarmed` of `n_null_runs`)"
         + ("; their leads say that the signal changes early in any run, not that it announces generalisation, and "
@@ -270,7 +267,7 @@ lines = [f"- {n_gen} of {len(mod)} modular runs generalised; the others' lags ar
 lines += [f"  - *{c.claim}*: **{c.verdict}** — {c.reason}." for c in claims.itertuples()]
 lines += [f"- Probed signal, *{v.claim}*: **{v.verdict}** — {v.reason}." for v in signal_verdicts.itertuples()]
 if len(ranked):
-    quiet = top[~loud_rows]
+    quiet = top[quiet_rows]
     best = (f"; the best of those, {quiet.iloc[0].signal} ({quiet.iloc[0].layer}) under {quiet.iloc[0].detector}, "
             f"leads by a median {quiet.iloc[0].median_lead:.0f} epochs in {quiet.iloc[0].hits} of "
             f"{quiet.iloc[0].n_runs_generalised} generalised runs" if len(quiet) else

@@ -233,6 +233,18 @@ def evaluate(alarms: pd.DataFrame, runs: pd.DataFrame, n_boot: int = 2000, seed:
     return pd.DataFrame(rows)
 
 
+def specific(table: pd.DataFrame, share: float = 0.5) -> pd.Series:
+    """Per row of :func:`evaluate` or :func:`detector_table`: whether the detector alarms on fewer
+    than ``share`` of the controls and fewer than ``share`` of the never-generalised runs, judged
+    apart (a kind without runs does not count against it). A detector that fires on most runs
+    without a transition says that the signal moves early in any run, not that a transition comes."""
+    loud = pd.Series(False, index=table.index)
+    for kind in ("control", "never_generalised"):
+        n = table[f"n_null_runs_{kind}"]
+        loud |= (n > 0) & (table[f"null_runs_alarmed_{kind}"] >= share * n)
+    return ~loud
+
+
 def detector_table(evaluation: pd.DataFrame, max_false_alarm_rate: float = 1.0,
                    min_hit_rate: float = 0.0, best_per_family: bool = True) -> pd.DataFrame:
     """Signals and detectors ranked by median lead at a fixed false-alarm rate.

@@ -10,7 +10,7 @@ import pytest
 from phaselib.detect.online import replay
 from phaselib.evaluate import (
     DetectorSpec, alarms_for, bootstrap_median_ci, detector_table, evaluate, event_epochs, leads,
-    sign_test, spec, sweep)
+    sign_test, spec, specific, sweep)
 
 NAN = math.nan
 
@@ -201,5 +201,7 @@ def test_detector_table_fixed_false_alarm_rate():
     # runs, so its rate is unknown and it is left out
     assert list(t["detector"]) == ["online(k=3)", "curvature()"]
     assert list(t["null_runs_alarmed"]) == [1, 0] and (t["n_null_runs"] == 3).all()
+    # k=2 fires on the one control; k=3 on half the never-generalised runs; k=4 and curvature on none
+    assert list(specific(ev)) == [False, False, True, True, True]
     assert len(detector_table(ev, max_false_alarm_rate=0.2, best_per_family=False)) == 3
     assert list(detector_table(ev, 1.0)["detector"])[0] == "online(k=2)"
