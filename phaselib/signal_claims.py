@@ -2,14 +2,15 @@
 
 Each claim names a signal, a detector and the direction the article predicts; a run supports
 it when the detector's first alarm in that direction comes *before* the run's generalisation
-event (the first epoch from which the test metric stays >= threshold). Runs without a transition are the
-null runs: the regression control (no delayed transition) and modular runs that never
-generalised within their horizon (a run may generalise later, as long 50% runs do; an alarm
-that early would still be no warning of it). An alarm there in the predicted direction is a false alarm (a move the other way is
-not what the claim predicts); a claim whose detector fires so on half the controls or more, or on
-half the never-generalised runs or more, holds at most partly (its alarm is not specific to
-grokking). The two kinds are judged apart, so that the other task's controls cannot dilute a
-false alarm on the same task.
+event (the first epoch from which the test metric stays >= threshold).
+
+Runs without a transition are the null runs: the regression control (no delayed transition)
+and modular runs that never generalised within their horizon (a run may generalise later, as
+long 50% runs do; an alarm that early would still be no warning of it). An alarm there in the
+predicted direction is a false alarm (a move the other way is not what the claim predicts). A
+claim whose detector fires so on half the controls or more, or on half the never-generalised
+runs or more, holds at most partly: its alarm is not specific to grokking. The two kinds are
+judged apart, so that the other task's controls cannot dilute a false alarm on the same task.
 
 - lambda_min (seed 003): "drops tenfold or crosses zero before a transition":
   :func:`phaselib.detect.curvature.detect` (persistent tenfold drop / zero crossing).
