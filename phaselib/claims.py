@@ -13,7 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from . import published
-from .tables import bootstrap_ci, mean_ci
+from .tables import mean_ci, median_ci
 
 HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
 OP_NAMES = {"add": "addition", "sub": "subtraction", "mul": "multiplication", "div": "division"}
@@ -223,13 +223,14 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     strong = int((r <= -0.5).sum())
     ours = (f"median {np.median(r):.2f}, range {r.min():.2f} to {r.max():.2f}; {strong}/{len(r)} ≤ −0.5"
             f" (runs of {e_lo}{'' if e_lo == e_hi else f'–{e_hi}'} epochs)")
-    lo, hi = bootstrap_ci(r, stat=np.median)
+    lo, hi, cover = median_ci(r)
+    ci = _ci(lo, hi, ".2f") + (f" (median, order statistics, {cover:.0%} coverage)" if np.isfinite(cover) else "")
     if shown is not judged:
-        return Claim(text, "−0.93 to −0.66", ours, _ci(lo, hi, ".2f") + " (median, bootstrap 95%)", UNTESTABLE,
+        return Claim(text, "−0.93 to −0.66", ours, ci, UNTESTABLE,
                      f"no run of the paper's {PAPER_HORIZON} epochs, and r over a whole run depends on its length")
     verdict = HOLDS if strong == len(r) else PARTLY if np.median(r) <= -0.5 else FAILS
     reason = "strong (r ≤ −0.5) in every run judged" if verdict == HOLDS else f"{len(r) - strong} run(s) weaker than −0.5"
-    return Claim(text, "−0.93 to −0.66", ours, _ci(lo, hi, ".2f") + " (median, bootstrap 95%)", verdict, reason)
+    return Claim(text, "−0.93 to −0.66", ours, ci, verdict, reason)
 
 
 def claim_half_never(summary: pd.DataFrame) -> Claim:

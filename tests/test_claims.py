@@ -3,7 +3,7 @@ import pandas as pd
 
 from phaselib.claims import (FAILS, HOLDS, PARTLY, UNTESTABLE, claims_table, clopper_pearson, operation_table,
                              per_frac_lags, spearman_ci)
-from phaselib.tables import bootstrap_ci, mean_ci, table1, table2
+from phaselib.tables import mean_ci, median_ci, table1, table2
 
 
 def summary(lags: dict, gen: dict | None = None, reg_lags=(-12, -12, -12), r=-0.8, op="add", epochs=3000,
@@ -68,13 +68,6 @@ def test_clopper_pearson_known_values():
     assert all(np.isnan(clopper_pearson(0, 0)))
 
 
-def test_bootstrap_ci_covers_and_degenerates():
-    x = np.random.default_rng(0).normal(10, 1, 200)
-    lo, hi = bootstrap_ci(x)
-    assert lo < 10 < hi and hi - lo < 0.5
-    assert all(np.isnan(bootstrap_ci(np.array([3.0]))))
-
-
 def test_mean_ci_is_students_t_and_keeps_its_coverage_with_three_seeds():
     from scipy import stats
     x = np.array([192.0, 179.0, 226.0])
@@ -85,7 +78,10 @@ def test_mean_ci_is_students_t_and_keeps_its_coverage_with_three_seeds():
     rng = np.random.default_rng(1)
     samples = rng.normal(0, 1, (2000, 3))
     t_cover = np.mean([lo < 0 < hi for lo, hi in map(mean_ci, samples)])
-    boot_cover = np.mean([lo < 0 < hi for lo, hi in (bootstrap_ci(s, n_boot=400) for s in samples[:400])])
+    def percentile_bootstrap(s, n_boot=400):
+        means = s[np.random.default_rng(0).integers(0, len(s), (n_boot, len(s)))].mean(1)
+        return np.quantile(means, [0.025, 0.975])
+    boot_cover = np.mean([lo < 0 < hi for lo, hi in map(percentile_bootstrap, samples[:400])])
     assert 0.93 < t_cover < 0.97 and boot_cover < 0.85
 
 
@@ -206,3 +202,15 @@ def test_spearman_ci_covers_the_population_value():
     assert all(np.isnan(spearman_ci(-0.8, 3))) and all(np.isnan(spearman_ci(-1.0, 20)))
     lo, hi = spearman_ci(-0.77, 4)  # four points: the interval spans 0, as the p-value of 0.23 says
     assert lo < -0.9 and hi > 0.5
+
+
+def test_median_ci_from_order_statistics():
+    x = np.arange(20.0)[::-1]  # ranks 6 and 15 of 20 cover the median with 95.9% (binomial tables)
+    lo, hi, cover = median_ci(x)
+    assert (lo, hi) == (5.0, 14.0) and abs(cover - 0.9586) < 1e-4
+    lo, hi, cover = median_ci(np.array([-0.66, -0.93, -0.82]))  # three points: the range, 75% only
+    assert (lo, hi, cover) == (-0.93, -0.66, 0.75)
+    assert all(np.isnan(median_ci(np.array([1.0]))))
+    rng = np.random.default_rng(4)  # any continuous distribution: an exponential here
+    hits = np.mean([(lambda c: c[0] < np.log(2) < c[1])(median_ci(rng.exponential(1.0, 15))) for _ in range(2000)])
+    assert abs(hits - median_ci(np.arange(15.0))[2]) < 0.02
