@@ -623,6 +623,8 @@ def exact_block_traces(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) 
     if not exact_trace_applies(model, loss_fn):
         raise ValueError("model: the exact trace needs the phaselib MLP under torch.nn.functional.cross_entropy "
                          "or mse_loss; use hutchinson_block_traces for other models")
+    if len(x) == 0:
+        raise ValueError("x: the batch is empty; the loss, and its Hessian, are undefined")
     with torch.no_grad():
         xd = x.double()
         (_, _, W2, _), a, h, out = mlp_forward(model, xd, torch.float64)

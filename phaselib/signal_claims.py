@@ -81,6 +81,9 @@ CLAIMS: tuple[SignalClaim, ...] = (
 )
 
 
+ALARM_COLUMNS = ["run", "task", "claim", "signal", "alarm_epoch", "direction", "event_epoch", "lead", "supports"]
+
+
 def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.DataFrame:
     """One row per (run, claim): the alarm epoch and direction, the event epoch and the lead."""
     rows = []
@@ -97,7 +100,7 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
                          "alarm_epoch": epoch, "direction": direction, "event_epoch": event, "lead": lead,
                          "supports": bool(rec.config.task == "modular" and lead is not None and lead > 0
                                           and direction == c.direction)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ALARM_COLUMNS)
 
 
 def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:

@@ -291,6 +291,8 @@ def test_exact_traces_refuse_what_they_do_not_cover(case):
     for m, fn in ((model, torch.nn.functional.l1_loss), (seq.double(), loss_fn)):
         with pytest.raises(ValueError, match="exact trace needs the phaselib MLP"):
             H.exact_block_traces(m, fn, x, y)
+    with pytest.raises(ValueError, match="batch is empty"):
+        H.exact_block_traces(model, loss_fn, x[:0], y[:0])
     reg = make_model(1, 4, 1, 0).double()
     with pytest.raises(ValueError, match="y: shape"):  # (n,) against (n, 1) would broadcast in mse_loss
         H.exact_block_traces(reg, H.task_loss("regression"), torch.zeros(5, 1, dtype=torch.float64),

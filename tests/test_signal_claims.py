@@ -48,6 +48,8 @@ def test_signals_after_the_event_or_absent_do_not():
 def test_no_generalised_run_is_untestable():
     v = verdicts(alarm_table([record("modular", None, 400, 400, 400)]))
     assert (v["verdict"] == UNTESTABLE).all()
+    empty = verdicts(alarm_table([]))  # no runs at all: every claim untestable, no error
+    assert len(empty) == 3 and (empty["verdict"] == UNTESTABLE).all() and (empty["control alarms"] == "0/0").all()
 
 
 def test_an_alarm_the_control_shares_is_not_specific():
