@@ -51,7 +51,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from phaselib import params, plots, published
-from phaselib.claims import PAPER_HORIZON
+from phaselib.claims import PAPER_HORIZON, peaks_at_search_start
 from phaselib.notebook import ensure, say, show
 from phaselib.sweep import analyse_record, settings_of, summarise
 from phaselib.tables import table1
@@ -136,7 +136,7 @@ if len(mod):
                  f"{PAPER_HORIZON} epochs; r is taken over the whole run, so it moves with the run's length, "
                  f"here {P.primary_epochs} epochs).")
 if len(reg):
-    at_skip = bool((reg["gnorm_peak_epoch"] == reg["gnorm_search_start_epoch"]).all())
+    at_skip = peaks_at_search_start(reg)
     lines.append(f"- Regression control: lags {', '.join(str(int(x)) for x in reg['lag'])} "
                  f"({'none positive' if (reg['lag'] <= 0).all() else 'some positive'}); "
                  f"Pearson r {reg['pearson_r'].min():.3f} to {reg['pearson_r'].max():.3f}."

@@ -54,7 +54,7 @@ import matplotlib.pyplot as plt
 
 from phaselib import params, plots
 from phaselib.notebook import ensure, say, show
-from phaselib.signal_claims import alarm_table, estimate_quality, quality_totals, verdicts
+from phaselib.signal_claims import alarm_table, estimate_quality, quality_totals, trace_check, verdicts
 from phaselib.sweep import analyse_record, settings_of
 
 P = params.from_namespace(globals())
@@ -69,17 +69,13 @@ alarms = alarm_table(records, P.threshold)
 # Before reading trajectories: did the eigensolves converge, how large are the trace's
 # standard errors relative to the trace, and are they honest? If they are, the exact trace lies
 # within one standard error of Hutchinson's estimate at about two thirds of the probes and within
-# two at about 95% (for 30 probe vectors, a t distribution with 29 degrees of freedom: 67% and 95%).
+# two at about 95% (a t distribution with one degree of freedom fewer than the probe vectors).
 
 # %% tags=["nbval-check-output"]
 show(estimate_quality(records))
 q = quality_totals(records)
-say(f"Over all probed runs: λ_max converged in {q['lmax']} of {q['probes']} eigensolves and λ_min in {q['lmin']}"
-    + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} probes "
-       f"({q['trace_in1'] / q['trace_n']:.0%}, 95% CI {q['trace_in1_ci'][0]:.0%}–{q['trace_in1_ci'][1]:.0%}) and within "
-       f"two at {q['trace_in2']}/{q['trace_n']} ({q['trace_in2'] / q['trace_n']:.0%}, "
-       f"{q['trace_in2_ci'][0]:.0%}–{q['trace_in2_ci'][1]:.0%}), against 67% and 95% for honest error bars."
-       if q["trace_n"] else "; no exact trace was recorded, so the trace's error bars are not checked."))
+say(f"Over all probed runs: λ_max converged in {q['lmax']} of {q['probes']} eigensolves and λ_min in {q['lmin']}; "
+    f"{trace_check(q)}.")
 
 # %% [markdown]
 # ## Trajectories

@@ -67,7 +67,7 @@ import matplotlib.pyplot as plt
 from phaselib import params, plots, published
 from phaselib.claims import claims_table, operation_table, per_frac_lags
 from phaselib.detector_study import evaluate_detectors
-from phaselib.signal_claims import alarm_table, quality_totals, verdicts
+from phaselib.signal_claims import alarm_table, quality_totals, trace_check, verdicts
 from phaselib.evaluate import detector_table, specific
 from phaselib.notebook import ensure, open_store, say, show
 from phaselib.results import write_results
@@ -185,12 +185,7 @@ probe_mod = [r for r in probe_records if r.config.task == "modular"]
 q = quality_totals(probe_mod)
 say(f"{len(probe_records)} probed runs; on the {len(probe_mod)} modular one(s), eigensolves converged: "
     f"λ_max {q['lmax']}/{q['probes']}, "
-    f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}"
-    + (f"; the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{q['trace_n']} "
-       f"probes (95% CI of the share {q['trace_in1_ci'][0]:.0%}–{q['trace_in1_ci'][1]:.0%}) and within two at "
-       f"{q['trace_in2']}/{q['trace_n']} ({q['trace_in2_ci'][0]:.0%}–{q['trace_in2_ci'][1]:.0%}); honest error "
-       "bars give about 67% and 95%."
-       if q["trace_n"] else "; no exact trace was recorded."))
+    f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}; {trace_check(q)}.")
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)
 

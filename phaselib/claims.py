@@ -190,6 +190,13 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
     return Claim(text, "642 > 199 > 54", ours, _ci(lo, hi, ".2f") + " (ρ, Fisher z 95%)", verdict, reason)
 
 
+def peaks_at_search_start(rows: pd.DataFrame) -> bool:
+    """Whether every run's gradient peak is the first epoch the peak search sees (its norm falls
+    from the start): then the peak, and with it the lag, is set by the skipped early epochs."""
+    return len(rows) > 0 and "gnorm_search_start_epoch" in rows and \
+        bool((rows["gnorm_peak_epoch"] == rows["gnorm_search_start_epoch"]).all())
+
+
 def claim_regression(summary: pd.DataFrame) -> Claim:
     """No control run leads; when every control's gradient peak is the first epoch the peak search
     sees (``gnorm_search_start_epoch``: its norm falls from the start), the reason says that the
@@ -201,7 +208,7 @@ def claim_regression(summary: pd.DataFrame) -> Claim:
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
     reason = "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead"
-    if "gnorm_search_start_epoch" in reg and (reg["gnorm_peak_epoch"] == reg["gnorm_search_start_epoch"]).all():
+    if peaks_at_search_start(reg):
         reason += ("; every control's gradient peak is the first epoch the peak search sees (its norm falls from "
                    "the start), so the peak, and with it the lag, is set by the skipped early epochs, not measured")
     return Claim(text, "−60 (all 3)", f"lags {reg['lag'].min():.0f} to {reg['lag'].max():.0f}; {k}/{len(reg)} positive",
@@ -217,7 +224,8 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     if m["pearson_r"].notna().sum() == 0:
         return Claim(text, "−0.93 to −0.66", "no modular run", "–", UNTESTABLE, "")
     judged = m[m["epochs"] == PAPER_HORIZON] if operation == "add" else m
-    shown = judged if judged["pearson_r"].notna().any() else m
+    testable = bool(judged["pearson_r"].notna().any())
+    shown = judged if testable else m
     r = shown["pearson_r"].dropna().to_numpy()
     e_lo, e_hi = int(shown["epochs"].min()), int(shown["epochs"].max())
     strong = int((r <= -0.5).sum())
@@ -225,7 +233,7 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
             f" (runs of {e_lo}{'' if e_lo == e_hi else f'–{e_hi}'} epochs)")
     lo, hi, cover = median_ci(r)
     ci = _ci(lo, hi, ".2f") + (f" (median, order statistics, {cover:.0%} coverage)" if np.isfinite(cover) else "")
-    if shown is not judged:
+    if not testable:
         return Claim(text, "−0.93 to −0.66", ours, ci, UNTESTABLE,
                      f"no run of the paper's {PAPER_HORIZON} epochs, and r over a whole run depends on its length")
     verdict = HOLDS if strong == len(r) else PARTLY if np.median(r) <= -0.5 else FAILS

@@ -217,15 +217,25 @@ def evaluate(alarms: pd.DataFrame, runs: pd.DataFrame, level: float = 0.95) -> p
     return pd.DataFrame(rows)
 
 
-def specific(table: pd.DataFrame, share: float = 0.5) -> pd.Series:
+#: A detector firing on this share of the null runs of one kind (or more) is not specific.
+NULL_SHARE = 0.5
+
+
+def fires_too_often(alarmed, n, share: float = NULL_SHARE):
+    """Whether ``alarmed`` of ``n`` null runs of one kind is at least ``share`` of them (False when
+    there are none); elementwise on Series. The one rule of :func:`specific` and of
+    :func:`phaselib.signal_claims.verdicts`."""
+    return (n > 0) & (alarmed >= share * n)
+
+
+def specific(table: pd.DataFrame, share: float = NULL_SHARE) -> pd.Series:
     """Per row of :func:`evaluate` or :func:`detector_table`: whether the detector alarms on fewer
     than ``share`` of the controls and fewer than ``share`` of the never-generalised runs, judged
     apart (a kind without runs does not count against it). A detector that fires on most runs
     without a transition says that the signal moves early in any run, not that a transition comes."""
     loud = pd.Series(False, index=table.index)
     for kind in ("control", "never_generalised"):
-        n = table[f"n_null_runs_{kind}"]
-        loud |= (n > 0) & (table[f"null_runs_alarmed_{kind}"] >= share * n)
+        loud |= fires_too_often(table[f"null_runs_alarmed_{kind}"], table[f"n_null_runs_{kind}"], share)
     return ~loud
 
 

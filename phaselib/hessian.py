@@ -604,7 +604,8 @@ def exact_trace_applies(model: nn.Module, loss_fn: LossFn) -> bool:
 
 def exact_block_traces(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor) -> dict[str, TraceEstimate]:
     """The exact trace of the paper's MLP's Hessian (``"all"``) and of its fc1/fc2 blocks: a forward
-    pass and two n x out x H products, in float64, about the cost of one Hessian-vector product.
+    pass and two n x out x H products in float64, about three Hessian-vector products (at p = 97,
+    70%, one thread: 23 ms against 7.4 ms per product and 230 ms for Hutchinson's 30).
 
     H = sum_r J_r^T A_r J_r + sum_rc g_rc d^2 z_rc / d theta^2 (the Gauss-Newton split; N. N.
     Schraudolph, "Fast curvature matrix-vector products for second-order gradient descent",

@@ -12,7 +12,7 @@ or has no standard error. Eigenvalue accuracy goes in as its own signals
 ``hessian_lmax_residual`` (||Hv - lambda v||, a Bauer-Fike bound on the error) and
 ``hessian_lmax_converged`` (0/1), and its cost ``hessian_lmax_iters`` (Hessian-vector
 products); likewise for lmin. ``hessian_trace`` is Hutchinson's estimate with its standard error
-(the articles' estimator); for the paper's MLP the exact trace costs about one product
+(the articles' estimator); for the paper's MLP the exact trace costs about three products
 (:func:`phaselib.hessian.exact_block_traces`) and is recorded beside it as
 ``hessian_trace_exact``, which checks those error bars on every probe.
 

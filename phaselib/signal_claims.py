@@ -27,10 +27,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .claims import clopper_pearson
 from .detect import changepoint, curvature, online
 from .detect.offline import generalisation_epoch
+from .evaluate import fires_too_often
+from .probes import ProbeSchedule
 from .record import RunRecord
 
 HOLDS, PARTLY, FAILS, UNTESTABLE = "holds", "holds partly", "does not hold", "not testable"
@@ -117,7 +120,7 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
         fired = {kind: g["alarm_epoch"].notna() for kind, g in null.items()}
         fa = {kind: int((fired[kind] & (g["direction"] == c.direction)).sum()) for kind, g in null.items()}
         other = sum(int(f.sum()) for f in fired.values()) - sum(fa.values())
-        loud = [kind for kind, g in null.items() if len(g) and fa[kind] / len(g) >= 0.5]
+        loud = [kind for kind, g in null.items() if fires_too_often(fa[kind], len(g))]
         verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
         if verdict == HOLDS and loud:
             verdict = PARTLY  # it fires as often without a transition: not a sign of grokking in particular
@@ -190,3 +193,22 @@ def quality_totals(records: Sequence[RunRecord]) -> dict:
     return totals | {"trace_rse": float(np.nanmedian(rse)) if np.isfinite(rse).any() else np.nan,
                      "trace_in1_ci": clopper_pearson(totals["trace_in1"], totals["trace_n"]),
                      "trace_in2_ci": clopper_pearson(totals["trace_in2"], totals["trace_n"])}
+
+
+def honest_shares(n_probes: int) -> tuple[float, float]:
+    """The shares of probes whose Hutchinson estimate lies within 1 and 2 s.e. of the true trace
+    when the s.e. is right: the studentised mean of ``n_probes`` samples is t with n_probes - 1
+    degrees of freedom (for normal samples; the 30-vector default gives 67% and 95%)."""
+    t = stats.t(n_probes - 1)
+    return float(t.cdf(1) - t.cdf(-1)), float(t.cdf(2) - t.cdf(-2))
+
+
+def trace_check(q: dict, n_probes: int = ProbeSchedule().hutchinson_probes) -> str:
+    """The sentence the notebooks print for :func:`quality_totals`' check of the trace's error bars."""
+    if not q["trace_n"]:
+        return "no exact trace was recorded, so the trace's error bars are not checked"
+    e1, e2 = honest_shares(n_probes)
+    n, (lo1, hi1), (lo2, hi2) = q["trace_n"], q["trace_in1_ci"], q["trace_in2_ci"]
+    return (f"the exact trace lies within one s.e. of Hutchinson's estimate at {q['trace_in1']}/{n} probes "
+            f"({q['trace_in1'] / n:.0%}, 95% CI {lo1:.0%}–{hi1:.0%}) and within two at {q['trace_in2']}/{n} "
+            f"({q['trace_in2'] / n:.0%}, {lo2:.0%}–{hi2:.0%}); honest error bars give {e1:.0%} and {e2:.0%}")

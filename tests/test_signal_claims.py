@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 
 from phaselib.claims import clopper_pearson
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
-from phaselib.signal_claims import FAILS, HOLDS, UNTESTABLE, alarm_table, estimate_quality, quality_totals, verdicts
+from phaselib.signal_claims import (FAILS, HOLDS, UNTESTABLE, alarm_table, estimate_quality, honest_shares,
+                                   quality_totals, trace_check, verdicts)
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
@@ -138,3 +140,14 @@ def test_the_first_alarm_in_the_claims_direction_counts_not_the_first_of_any():
         - 4.0 * ((epochs >= 300) & (epochs < 500)) + 5.0 * (epochs >= 500)
     a = alarm_table([rec]).set_index("signal").loc["erank"]
     assert a["direction"] == "up" and abs(a["alarm_epoch"] - 500) <= 10 and a["supports"]
+
+
+def test_the_trace_check_sentence_and_its_expected_shares():
+    e1, e2 = honest_shares(30)
+    assert abs(e1 - 0.6744) < 1e-4 and abs(e2 - 0.9451) < 1e-4  # t with 29 degrees of freedom
+    assert honest_shares(1000)[0] == pytest.approx(0.6827, abs=1e-3)  # the normal limit
+    q = quality_totals([probed(0, [1, 1, 1, 1], [1, 1, 1, 1], 0.01, z=[0.5, -1.5, 2.5, -0.2])])
+    text = trace_check(q)
+    assert "at 2/4 probes (50%, 95% CI" in text and "within two at 3/4 (75%" in text
+    assert text.endswith("honest error bars give 67% and 95%")
+    assert "not checked" in trace_check(quality_totals([probed(1, [1], [1], 0.01)]))
