@@ -36,12 +36,14 @@ MODES = ("auto", "native", "torch")
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
-    "xent_rows": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P, _P, _I),
-    "hidden_rows": (_P, _I, _P, _P, _I, _P),
-    "scatter_hidden_grad": (_P, _P, _I, _P, _P, _I, _I, _I, _P),
+    "xent_cols": (_P, _I, _I, _I, _I, _P, ctypes.c_float, _P, _P, _P),
+    "hidden_cols": (_P, _I, _P, _P, _I, _P, _I),
+    "scatter_cols": (_P, _P, _I, _P, _P, _I, _I, _P, _P),
+    "modular_scratch": (_I, _I, _I),
     "modular_rows": (_P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P, _P, _P, _P, _P,
-                     _P, _P, _I, _P),
+                     _I, _P),
 }
+_RETURNS = {"modular_scratch": ctypes.c_int64}
 
 
 class KernelBuildError(RuntimeError):
@@ -110,7 +112,7 @@ def _load(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     for name, args in _SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None
+        fn.argtypes, fn.restype = args, _RETURNS.get(name)
     return lib
 
 
@@ -174,13 +176,24 @@ def check_index(rows: int, *index: torch.Tensor) -> None:
                              f"{rows}-row table")
 
 
+def _columns(x: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
+    """``x`` (rows, >= width) as the C kernels' column layout: (width, ld) with ld = rows rounded up
+    to 8, the extra columns 0."""
+    rows = x.shape[0]
+    ld = -(-rows // 8) * 8
+    out = torch.zeros(width, max(ld, 8))
+    out[:, :rows] = x[:, :width].T
+    return out, out.shape[1]
+
+
 def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: float,
               nll: torch.Tensor | None, correct: torch.Tensor | None, dz: torch.Tensor) -> None:
-    """Softmax cross-entropy of the rows of ``z`` (rows, ldz): per-row ``nll`` and ``correct``
-    (optional) and ``dz[:n_train] = softmax - onehot`` over the first ``p`` classes. See kernels.c.
+    """Softmax cross-entropy of the rows of ``z`` (rows, ldz) over its first ``p`` classes: per-row
+    ``nll`` and ``correct`` (optional) and ``dz[:n_train] = softmax - onehot``. Runs ``xent_cols``
+    of kernels.c (the fused step's softmax) on a column copy of the train rows and one of the rest.
 
-    ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself (each row is
-    read before it is overwritten), but no other view of ``z``'s storage."""
+    ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself, but no
+    other view of ``z``'s storage."""
     rows, ldz = z.shape
     if ldz % 8 or p > ldz or n_train > rows or y.shape[0] < rows or dz.shape[0] < n_train or dz.shape[1] != p:
         raise ValueError(f"xent_rows: shapes z {tuple(z.shape)}, p {p}, n_train {n_train}, y {tuple(y.shape)}, "
@@ -199,28 +212,41 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     if nll is not None and min(nll.shape[0], correct.shape[0]) < rows:
         raise ValueError(f"nll, correct: {nll.shape[0]}, {correct.shape[0]} entries are invalid; allowed: at least "
                          f"one per row ({rows})")
+    _ptr(z, torch.float32), _rows_ptr(dz, "dz"), _ptr(nll, torch.float32)  # refuse what the C layout cannot hold
     shift = torch.empty(rows) if nll is not None else None  # z_label - max
-    _native().xent_rows(_ptr(z, torch.float32), ldz, rows, n_train, p, _ptr(y, torch.int64), floor,
-                        _ptr(nll, torch.float32), _ptr(shift, torch.float32), _ptr(correct, torch.bool),
-                        _rows_ptr(dz, "dz"), dz.stride(0))
+    y = y[:rows].to(torch.int64).contiguous()
+    for lo, hi, train in ((0, n_train, 1), (n_train, rows, 0)):
+        if hi == lo:
+            continue
+        zT, ld = _columns(z[lo:hi], p)
+        _native().xent_cols(zT.data_ptr(), ld, hi - lo, train, p, y[lo:hi].data_ptr(), floor,
+                            nll[lo:hi].data_ptr() if nll is not None else None,
+                            shift[lo:hi].data_ptr() if nll is not None else None,
+                            _ptr(correct[lo:hi], torch.bool) if correct is not None else None)
+        if train:
+            dz[lo:hi].copy_(zT[:, :hi - lo].T)
     if nll is not None:  # nll = log(sum exp(z - max)) - (z_label - max)
         nll[:rows].log_().sub_(shift[:rows])
 
 
 def hidden_rows(E: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, h: torch.Tensor) -> None:
-    """``h[i] = relu(E[ia[i]] + E[ib[i]])`` for the rows of ``h``. See kernels.c."""
+    """``h[i] = relu(E[ia[i]] + E[ib[i]])`` for the rows of ``h``: ``hidden_cols`` of kernels.c (the
+    fused step's hidden layer, one row per column), transposed back."""
     rows, width = h.shape
     if E.shape[1] != width or ia.shape[0] < rows or ib.shape[0] < rows:
         raise ValueError(f"hidden_rows: shapes E {tuple(E.shape)}, ia {tuple(ia.shape)}, h {tuple(h.shape)} "
                          "are invalid; allowed: E and h of equal width, at least as many indices as rows")
     check_index(E.shape[0], ia[:rows], ib[:rows])
-    _native().hidden_rows(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
-                          _ptr(h, torch.float32))
+    hT, ld = _columns(torch.empty(rows, width), width)
+    _native().hidden_cols(_ptr(E, torch.float32), width, _ptr(ia, torch.int64), _ptr(ib, torch.int64), rows,
+                          hT.data_ptr(), ld)
+    h.copy_(hT[:, :rows].T)
 
 
 def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
                         dE: torch.Tensor) -> None:
-    """``dE = 0; dE[ia[i]] += dh[i] * (h[i] > 0); dE[ib[i]] += ...`` in row order. See kernels.c.
+    """``dE = 0; dE[ia[i]] += dh[i] * (h[i] > 0); dE[ib[i]] += ...`` in row order: ``scatter_cols``
+    of kernels.c (the fused step's first-layer gradient) on column copies of ``dh`` and ``h``.
 
     ``h`` is a row slice of a wider contiguous buffer (its first ``width`` columns are used).
     """
@@ -228,10 +254,14 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
     if h.shape[0] < n or h.shape[1] < width or dE.shape[1] != width or ia.shape[0] < n or ib.shape[0] < n:
         raise ValueError(f"scatter_hidden_grad: shapes dh {tuple(dh.shape)}, h {tuple(h.shape)}, "
                          f"dE {tuple(dE.shape)} are invalid; allowed: h at least dh's rows and width, dE dh's width")
-    h_ptr = _rows_ptr(h, "h")
+    _rows_ptr(h, "h")
     check_index(dE.shape[0], ia[:n], ib[:n])
-    _native().scatter_hidden_grad(_ptr(dh, torch.float32), h_ptr, h.stride(0), _ptr(ia, torch.int64),
-                                  _ptr(ib, torch.int64), n, width, dE.shape[0], _ptr(dE, torch.float32))
+    dhT, ld = _columns(dh, width)
+    hT, _ = _columns(h[:n], width)
+    dE_ptr = _ptr(dE, torch.float32)
+    dE.zero_()
+    _native().scatter_cols(dhT.data_ptr(), hT.data_ptr(), ld, _ptr(ia, torch.int64), _ptr(ib, torch.int64), n,
+                           width, dE_ptr, None)
 
 
 def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
@@ -266,15 +296,15 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch
     H8 = -(-width // 8) * 8
     W2p = torch.zeros(p, H8)
     W2p[:, :width] = W2
-    b = min(block, max(hi - lo, 1))
-    h, z, dh, dW2p = torch.empty(b, K), torch.empty(b, P8), torch.empty(b, H8), torch.empty(K, P8)
+    b = min(block, max(hi - lo, 1))  # the same blocks as `block`, less scratch
+    work, dW2p = torch.empty(_native().modular_scratch(p, width, b)), torch.empty(K, P8)
     sums = torch.empty(hi) if nll is not None else None
     shift = torch.empty(hi) if nll is not None else None
     f32 = torch.float32
     _native().modular_rows(_ptr(E, f32), _ptr(W2T, f32), W2p.data_ptr(), p, P8, width, _ptr(ia, torch.int64),
-                           _ptr(ib, torch.int64), _ptr(y, torch.int64), lo, hi, n_train, block, floor,
-                           _ptr(sums, f32), _ptr(shift, f32), _ptr(correct, torch.bool), h.data_ptr(),
-                           z.data_ptr(), dh.data_ptr(), dW2p.data_ptr(), _ptr(dE, f32), E.shape[0], _ptr(db1, f32))
+                           _ptr(ib, torch.int64), _ptr(y, torch.int64), lo, hi, n_train, b, floor,
+                           _ptr(sums, f32), _ptr(shift, f32), _ptr(correct, torch.bool), work.data_ptr(),
+                           dW2p.data_ptr(), _ptr(dE, f32), E.shape[0], _ptr(db1, f32))
     dW2.copy_(dW2p[:, :p])
     if nll is not None:
         torch.sub(sums[lo:hi].log_(), shift[lo:hi], out=nll[lo:hi])

@@ -224,12 +224,14 @@ def test_modular_rows_matches_float64_autograd(n_train, segments, block):
 
 
 @native
-@pytest.mark.parametrize("p, width", [(5, 5), (23, 24), (29, 40), (53, 50), (97, 64)])
+@pytest.mark.parametrize("p, width", [(5, 5), (7, 8), (11, 11), (23, 24), (29, 40), (53, 50), (97, 64)])
 def test_modular_rows_is_right_for_every_tiling_of_the_matmuls(p, width):
-    """The register tiles split a row of 8 nv columns into tiles of 3, 2 and 1 vectors, and the rows
-    into strips of 4: these shapes take every kind of split (nv = 1, 3, 4 = 2 + 2, 5, 7, 8 and 13
-    = 3 + 3 + 3 + 2 + 2 among the logits' and dh's rows; dW2's 6, 25, 41, 51, 65 rows are 2, 1 and
-    3 mod 4), the study's p = 97, width 64 among them."""
+    """The register tiles split the rows of a product into strips of 6 (a rest of 7 as 4 + 3) and
+    its columns into panels of 4 vectors (a rest of 5 as 3 + 2); the output layer's lane sums take
+    5 rows of h by 4 classes (rests of 6 and 5 as 3 + 3 and 3 + 2). These shapes take every strip
+    of 2 to 6 rows among the logits' p and dh's width rows, lane tiles of 2 to 5 rows (width + 1 =
+    6, 9, 12, ...) and 2 to 4 classes, widths that are not a multiple of 8 (the hidden layer's and
+    the scatter's scalar rest), and the study's p = 97, width 64."""
     n = p * p
     check_modular_rows(p, width, int(0.7 * n), [0, n // 3, n], 256)
 
