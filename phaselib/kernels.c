@@ -62,9 +62,16 @@ static inline float hsum8(v8f v) {
  * (i, kk) is A[i * ars + kk * aks] (so A may be given transposed).
  * Register tiles of up to 6 rows x 4 vectors: per kk, NV loads of B, MR broadcasts of A, MR NV FMAs
  * into as many accumulators (24 of them, with 4 B vectors and the broadcast, use 29 of AVX-512's
- * 32 vector registers: the "+v" constraint lets the compiler use all of them; on AVX2 it is "x").
+ * 32 vector registers: on x86 the "v" constraint lets the compiler use all of them, and on AVX2
+ * it is the 16 of "x"; other targets keep "x", as before).
  * Each C entry is a plain kk-ascending FMA chain, so the result depends only on the inputs, never
  * on alignment, thread or block boundaries. */
+#if defined(__x86_64__) || defined(__i386__)
+#define IN_REGISTER(x) __asm__("" : "+v"(x))
+#else
+#define IN_REGISTER(x) __asm__("" : "+x"(x))
+#endif
+
 static inline __attribute__((always_inline)) void mm_tile(const int MR, const int NV, const float *A, int64_t ars,
                                                           int64_t aks, const float *B, int64_t ldb, float *C,
                                                           int64_t ldc, int64_t k) {
@@ -78,8 +85,8 @@ static inline __attribute__((always_inline)) void mm_tile(const int MR, const in
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             memcpy(&b[v], B + kk * ldb + 8 * v, sizeof b[v]);
-            __asm__("" : "+v"(b[v])); /* keep B in registers: as memory operands of the FMAs, the
-                                          loads (one per FMA) made the loop load-bound */
+            IN_REGISTER(b[v]); /* keep B in registers: as memory operands of the FMAs, the loads
+                                   (one per FMA) made the loop load-bound */
         }
 #pragma GCC unroll 6
         for (int r = 0; r < MR; r++) {
@@ -159,12 +166,12 @@ static inline __attribute__((always_inline)) void lane_tile(const int MK, const 
 #pragma GCC unroll 5
         for (int r = 0; r < MK; r++) {
             memcpy(&h[r], hT + r * ld + 8 * v, sizeof h[r]);
-            __asm__("" : "+v"(h[r]));
+            IN_REGISTER(h[r]);
         }
 #pragma GCC unroll 4
         for (int q = 0; q < NC; q++) {
             memcpy(&d[q], dzT + q * ld + 8 * v, sizeof d[q]);
-            __asm__("" : "+v"(d[q]));
+            IN_REGISTER(d[q]);
         }
 #pragma GCC unroll 5
         for (int r = 0; r < MK; r++)
