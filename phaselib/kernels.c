@@ -221,22 +221,28 @@ static void lanes_acc(int64_t K, int64_t p, const float *hT, const float *dzT, i
 
 /* ---------------------------------------------------------------- layout changes and elementwise work */
 
+#ifdef __clang__
+#define SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
 /* 8 x 8 transpose in registers: c[k][j] = r[j][k] (interleave pairs, then pairs of pairs, then halves). */
 static inline void transpose8(const v8f r[8], v8f c[8]) {
     v8f t[8], u[8];
     for (int j = 0; j < 8; j += 2) {
-        t[j] = __builtin_shuffle(r[j], r[j + 1], (v8i){0, 8, 1, 9, 4, 12, 5, 13});
-        t[j + 1] = __builtin_shuffle(r[j], r[j + 1], (v8i){2, 10, 3, 11, 6, 14, 7, 15});
+        t[j] = SHUFFLE2(r[j], r[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = SHUFFLE2(r[j], r[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
     }
     for (int h = 0; h < 8; h += 4) {
-        u[h + 0] = __builtin_shuffle(t[h + 0], t[h + 2], (v8i){0, 1, 8, 9, 4, 5, 12, 13});
-        u[h + 1] = __builtin_shuffle(t[h + 0], t[h + 2], (v8i){2, 3, 10, 11, 6, 7, 14, 15});
-        u[h + 2] = __builtin_shuffle(t[h + 1], t[h + 3], (v8i){0, 1, 8, 9, 4, 5, 12, 13});
-        u[h + 3] = __builtin_shuffle(t[h + 1], t[h + 3], (v8i){2, 3, 10, 11, 6, 7, 14, 15});
+        u[h + 0] = SHUFFLE2(t[h + 0], t[h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 1] = SHUFFLE2(t[h + 0], t[h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[h + 2] = SHUFFLE2(t[h + 1], t[h + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[h + 3] = SHUFFLE2(t[h + 1], t[h + 3], 2, 3, 10, 11, 6, 7, 14, 15);
     }
     for (int k = 0; k < 4; k++) {
-        c[k] = __builtin_shuffle(u[k], u[k + 4], (v8i){0, 1, 2, 3, 8, 9, 10, 11});
-        c[k + 4] = __builtin_shuffle(u[k], u[k + 4], (v8i){4, 5, 6, 7, 12, 13, 14, 15});
+        c[k] = SHUFFLE2(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        c[k + 4] = SHUFFLE2(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
 }
 
