@@ -195,10 +195,12 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     ``dz`` needs contiguous rows, not a contiguous whole: it may be ``z[:, :p]`` itself, but no
     other view of ``z``'s storage."""
     rows, ldz = z.shape
-    if ldz % 8 or p > ldz or n_train > rows or y.shape[0] < rows or dz.shape[0] < n_train or dz.shape[1] != p:
+    if ldz % 8 or p > ldz or not 0 <= n_train <= rows or y.shape[0] < rows or dz.shape[0] < n_train \
+            or dz.shape[1] != p:
         raise ValueError(f"xent_rows: shapes z {tuple(z.shape)}, p {p}, n_train {n_train}, y {tuple(y.shape)}, "
                          f"dz {tuple(dz.shape)} are invalid; allowed: ldz a multiple of 8 >= p, "
-                         "n_train <= rows <= len(y), dz (>= n_train, p)")
+                         "0 <= n_train <= rows <= len(y), dz (>= n_train, p)")
+    _ptr(y, torch.int64)  # integer labels only: a float label would be truncated
     if rows and (int(y[:rows].max()) >= p or int(y[:rows].min()) < 0):
         raise ValueError(f"y: labels outside [0, {p}) are invalid; allowed: class indices below p = {p}")
     if n_train and dz.untyped_storage().data_ptr() == z.untyped_storage().data_ptr() \
@@ -214,7 +216,6 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
                          f"one per row ({rows})")
     _ptr(z, torch.float32), _rows_ptr(dz, "dz"), _ptr(nll, torch.float32)  # refuse what the C layout cannot hold
     shift = torch.empty(rows) if nll is not None else None  # z_label - max
-    y = y[:rows].to(torch.int64).contiguous()
     for lo, hi, train in ((0, n_train, 1), (n_train, rows, 0)):
         if hi == lo:
             continue

@@ -116,6 +116,10 @@ def test_bad_shapes_and_indices_are_refused():
         kernels.xent_rows(z[:, :12].contiguous(), 13, 5, y, EXP_FLOOR, None, None, torch.empty(10, 13))
     with pytest.raises(ValueError, match="y: labels"):
         kernels.xent_rows(z, 13, 5, y + 13, EXP_FLOOR, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match="xent_rows: shapes"):  # a negative n_train once reached C
+        kernels.xent_rows(z, 13, -10, y, EXP_FLOOR, None, None, torch.empty(10, 13))
+    with pytest.raises(ValueError, match="int64"):
+        kernels.xent_rows(z, 13, 5, y.double(), EXP_FLOOR, None, None, torch.empty(10, 13))
     with pytest.raises(ValueError, match=r"floor: -100.0 is invalid; allowed: \[-87, 0\]"):
         kernels.xent_rows(z, 13, 5, y, -100.0, None, None, torch.empty(10, 13))
     with pytest.raises(ValueError, match="nll, correct: 5, 5 entries are invalid"):
