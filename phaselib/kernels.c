@@ -62,14 +62,14 @@ static inline float hsum8(v8f v) {
  * (i, kk) is A[i * ars + kk * aks] (so A may be given transposed).
  * Register tiles of up to 6 rows x 4 vectors: per kk, NV loads of B, MR broadcasts of A, MR NV FMAs
  * into as many accumulators (24 of them, with 4 B vectors and the broadcast, use 29 of AVX-512's
- * 32 vector registers: on x86 the "v" constraint lets the compiler use all of them, and on AVX2
- * it is the 16 of "x"; other targets keep "x", as before).
+ * 32 vector registers: with AVX the "v" constraint lets the compiler use all of them, and on AVX2
+ * it is the 16 ymm registers; without AVX no register holds a v8f, and the hint is left out).
  * Each C entry is a plain kk-ascending FMA chain, so the result depends only on the inputs, never
  * on alignment, thread or block boundaries. */
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX__)
 #define IN_REGISTER(x) __asm__("" : "+v"(x))
-#else
-#define IN_REGISTER(x) __asm__("" : "+x"(x))
+#else /* no 32-byte vector registers (SSE only, or another architecture): no constraint fits a v8f */
+#define IN_REGISTER(x) ((void)0)
 #endif
 
 static inline __attribute__((always_inline)) void mm_tile(const int MR, const int NV, const float *A, int64_t ars,
