@@ -309,7 +309,6 @@ class _Fused:
         self.E[:, :, H] = 0.5
         self.W2T = torch.zeros(R, H + 1, P8)
         self.W2T[:, H, p:] = -torch.inf
-        self.W2 = torch.zeros(R, p, -(-H // 8) * 8)  # columns padded to a multiple of 8 with zeros
         self.dW2 = torch.empty(R, SEGMENTS, H + 1, P8)  # [dW2^T ; db2] of each segment (columns >= p: scratch)
         self.dE = torch.empty(R, SEGMENTS, 2 * p, H)
         self.db1 = torch.empty(R, SEGMENTS, H)
@@ -415,8 +414,8 @@ class _Modular(_Task):
             for k, (lo, hi) in enumerate([(0, s), (s, N if record else n)]):
                 out = (f.sums[r].data_ptr(), f.shift[r].data_ptr(), self.correct[r].data_ptr()) if record \
                     else (None, None, None)
-                pre = (f.E[r].data_ptr(), f.W2T[r].data_ptr(), f.W2[r].data_ptr(), p, P8, H, self.ia[r].data_ptr(),
-                       self.ib[r].data_ptr(), self.y[r].data_ptr(), lo, hi, n, BLOCK_ROWS, EXP_FLOOR, *out)
+                pre = (f.E[r].data_ptr(), f.W2T[r].data_ptr(), p, P8, H, self.ia[r].data_ptr(), self.ib[r].data_ptr(),
+                       self.y[r].data_ptr(), lo, hi, n, BLOCK_ROWS, EXP_FLOOR, *out)
                 post = (f.dW2[r, k].data_ptr(), f.dE[r, k].data_ptr(), 2 * p, f.db1[r, k].data_ptr())
                 cost = min(hi, n) - min(lo, n) + FORWARD_COST * (hi - max(lo, n))
                 jobs.append((cost, r, lo, hi, record, pre, post))
@@ -454,21 +453,23 @@ class _Modular(_Task):
                     return
                 run(worker, *job)
 
-    def _load(self, P: _Stack, runs: slice, E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor) -> None:
+    def _load(self, P: _Stack, runs: slice, E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor | None) -> None:
         """The weights of ``runs`` into the kernels' layouts (stacked: E (k, 2p, H+1), W2T (k, H+1, P8),
-        W2 (k, p, >= H)): first-layer columns with b1 folded into the a-rows, padded W2^T with b2 as
-        the constant unit's row, and contiguous W2. Both paths load through here."""
+        W2 (k, p, H)): first-layer columns with b1 folded into the a-rows, padded W2^T with b2 as
+        the constant unit's row, and contiguous W2 for the torch path's dh (the C step reads dh's
+        weights from W2T, and passes None). Both paths load through here."""
         p, H = self.p, P.E1.shape[2]
         torch.add(P.E1[runs, :p], P.b1[runs, None], out=E[:, :p, :H])
         E[:, p:, :H].copy_(P.E1[runs, p:])
         W2T[:, :H, :p].copy_(P.W2T[runs])
         W2T[:, H, :p].copy_(P.b2[runs])
-        W2[:, :, :H].copy_(P.W2T[runs].transpose(1, 2))
+        if W2 is not None:
+            W2.copy_(P.W2T[runs].transpose(1, 2))
 
     def _load_all(self, P: _Stack) -> None:
         """Every run's weights into the C step's buffers."""
         f = self.fused
-        self._load(P, slice(None), f.E, f.W2T, f.W2)
+        self._load(P, slice(None), f.E, f.W2T, None)
 
     def _run_segment(self, worker: int, r: int, lo: int, hi: int, record: bool, pre: tuple, post: tuple) -> None:
         """One segment of run ``r`` on the C kernels, with the worker's scratch; then its rows' losses."""

@@ -350,6 +350,14 @@ void xent_cols(float *zT, int64_t ld, int64_t rows, int64_t train, int64_t p, co
     }
 }
 
+/* dst[0..8) += g. */
+static inline void add8(float *dst, v8f g) {
+    v8f x;
+    memcpy(&x, dst, sizeof x);
+    x += g;
+    memcpy(dst, &x, sizeof x);
+}
+
 /* First-layer gradient of the one-hot MLP from dhT (width x ld) and hT (>= width rows, stride ld):
  * dE[ia[i]] += g_i, dE[ib[i]] += g_i (and db1 += g_i if db1 is given) over rows i < n in row
  * order, g_i[k] = dhT[k][i] where hT[k][i] > 0, else 0 (ReLU's derivative, as torch's
@@ -370,13 +378,9 @@ void scatter_cols(const float *dhT, const float *hT, int64_t ld, const int64_t *
             }
             transpose8(r, g);
             for (int64_t j = 0; j < nr; j++) {
-                float *dst[3] = {dE + ia[i0 + j] * width + k0, dE + ib[i0 + j] * width + k0, db1 ? db1 + k0 : NULL};
-                for (int t = 0; t < 3 && dst[t]; t++) {
-                    v8f x;
-                    memcpy(&x, dst[t], sizeof x);
-                    x += g[j];
-                    memcpy(dst[t], &x, sizeof x);
-                }
+                add8(dE + ia[i0 + j] * width + k0, g[j]);
+                add8(dE + ib[i0 + j] * width + k0, g[j]);
+                if (db1) add8(db1 + k0, g[j]);
             }
         }
         for (int64_t j = 0; j < nr; j++)
@@ -410,18 +414,18 @@ int64_t modular_scratch(int64_t p, int64_t width, int64_t block) {
  *              dz = softmax - onehot written over zT
  *   lanes += hT dz^T by lanes        (dW2's and db2's sums, 8 lanes each, added up at the end)
  *   dhT = W2^T dzT;  g = dh * (h > 0);  dE[ia] += g;  dE[ib] += g;  db1 += g   (row order)
- * W2 is (p x H8), H8 = width rounded up to 8. dW2 (K x P8, row stride P8: W2's gradient in
+ * (W2^T is W2T's first width rows: one copy of the output weights serves both products.) dW2 (K x P8, row stride P8: W2's gradient in
  * columns < p of rows < width, b2's in row width; columns >= p are set to 0), dE
  * (dest_rows x width) and db1 are this call's own sums, zeroed first: the caller adds the sums of
  * a run's fixed row segments, so the result does not depend on which thread ran which segment.
  * A block never straddles n_train, so the train blocks are the same whether or not the test rows
  * are evaluated too. sums/shift/correct are indexed by row (entry lo is row lo's). work holds
  * modular_scratch(p, width, block) floats. */
-void modular_rows(const float *E, const float *W2T, const float *W2, int64_t p, int64_t P8, int64_t width,
+void modular_rows(const float *E, const float *W2T, int64_t p, int64_t P8, int64_t width,
                   const int64_t *ia, const int64_t *ib, const int64_t *y, int64_t lo, int64_t hi, int64_t n_train,
                   int64_t block, float floor_, float *sums, float *shift, uint8_t *correct, float *work, float *dW2,
                   float *dE, int64_t dest_rows, float *db1) {
-    const int64_t K = width + 1, H8 = (width + 7) / 8 * 8, ld = block_ld(block);
+    const int64_t K = width + 1, ld = block_ld(block);
     float *hT = work, *zT = hT + K * ld, *dhT = zT + p * ld, *lanes = dhT + width * ld;
     memset(lanes, 0, sizeof(float) * (size_t)(K * p * 8));
     memset(dE, 0, sizeof(float) * (size_t)(dest_rows * width));
@@ -436,7 +440,7 @@ void modular_rows(const float *E, const float *W2T, const float *W2, int64_t p, 
                   correct ? correct + b0 : NULL);
         if (nt) {
             lanes_acc(K, p, hT, zT, ld, nvec, lanes);
-            mm(width, nvec, p, W2, 1, H8, zT, ld, dhT, ld);
+            mm(width, nvec, p, W2T, P8, 1, zT, ld, dhT, ld); /* W2T's rows < width, read as W2^T */
             scatter_cols(dhT, hT, ld, ia + b0, ib + b0, nt, width, dE, db1);
         }
         b0 += b;

@@ -40,8 +40,8 @@ _SIGNATURES = {
     "hidden_cols": (_P, _I, _P, _P, _I, _P, _I),
     "scatter_cols": (_P, _P, _I, _P, _P, _I, _I, _P, _P),
     "modular_scratch": (_I, _I, _I),
-    "modular_rows": (_P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P, _P, _P, _P, _P,
-                     _I, _P),
+    "modular_rows": (_P, _P, _I, _I, _I, _P, _P, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P, _P, _P, _P, _P, _I,
+                     _P),
 }
 _RETURNS = {"modular_scratch": ctypes.c_int64}
 
@@ -214,7 +214,9 @@ def xent_rows(z: torch.Tensor, p: int, n_train: int, y: torch.Tensor, floor: flo
     if nll is not None and min(nll.shape[0], correct.shape[0]) < rows:
         raise ValueError(f"nll, correct: {nll.shape[0]}, {correct.shape[0]} entries are invalid; allowed: at least "
                          f"one per row ({rows})")
-    _ptr(z, torch.float32), _rows_ptr(dz, "dz"), _ptr(nll, torch.float32)  # refuse what the C layout cannot hold
+    _ptr(z, torch.float32)  # refuse what the column copies cannot hold
+    _ptr(nll, torch.float32)
+    _rows_ptr(dz, "dz")
     shift = torch.empty(rows) if nll is not None else None  # z_label - max
     for lo, hi, train in ((0, n_train, 1), (n_train, rows, 0)):
         if hi == lo:
@@ -265,7 +267,7 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
                            width, dE_ptr, None)
 
 
-def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+def modular_rows(E: torch.Tensor, W2T: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
                  y: torch.Tensor, lo: int, hi: int, n_train: int, floor: float, dW2: torch.Tensor,
                  dE: torch.Tensor, db1: torch.Tensor, nll: torch.Tensor | None = None,
                  correct: torch.Tensor | None = None, block: int = 256) -> None:
@@ -274,16 +276,16 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch
     sums (rows < ``n_train`` only), and ``nll``/``correct`` (indexed by row) their loss and hit.
 
     ``E`` (2p, width + 1) holds the first layer's columns with b1 folded into the a-rows and 0.5 in
-    the last column; ``W2T`` (width + 1, P8) is [W2^T; b2] padded to P8 classes with bias -inf;
-    ``W2`` (p, width). (The engine keeps its buffers in the kernel's own layouts and calls the C
-    function directly; this wrapper copies into them.)"""
+    the last column; ``W2T`` (width + 1, P8) is [W2^T; b2] padded to P8 classes with bias -inf (the
+    number of classes p is ``dW2``'s). (The engine keeps its buffers in the kernel's own layouts and
+    calls the C function directly; this wrapper copies into them.)"""
     K, P8 = W2T.shape
-    width, p = K - 1, W2.shape[0]
-    if E.shape[1] != K or W2.shape[1] != width or P8 % 8 or P8 < p or dW2.shape != (K, p) \
-            or dE.shape != (E.shape[0], width) or db1.shape != (width,) or block < 1:
-        raise ValueError(f"modular_rows: shapes E {tuple(E.shape)}, W2T {tuple(W2T.shape)}, W2 {tuple(W2.shape)}, "
+    width, p = K - 1, dW2.shape[1]
+    if E.shape[1] != K or P8 % 8 or P8 < p or dW2.shape != (K, p) or dE.shape != (E.shape[0], width) \
+            or db1.shape != (width,) or block < 1:
+        raise ValueError(f"modular_rows: shapes E {tuple(E.shape)}, W2T {tuple(W2T.shape)}, "
                          f"dW2 {tuple(dW2.shape)}, dE {tuple(dE.shape)}, db1 {tuple(db1.shape)}, block {block} are "
-                         "invalid; allowed: E (rows, K), W2T (K, P8), W2 (p, K - 1), dW2 (K, p), dE (rows, K - 1), "
+                         "invalid; allowed: E (rows, K), W2T (K, P8), dW2 (K, p), dE (rows, K - 1), "
                          "db1 (K - 1,), P8 a multiple of 8 >= p, block >= 1")
     if not (0 <= lo <= hi <= min(ia.shape[0], ib.shape[0], y.shape[0]) and 0 <= n_train):
         raise ValueError(f"lo, hi, n_train: {lo}, {hi}, {n_train} are invalid; allowed: 0 <= lo <= hi <= rows of "
@@ -294,15 +296,12 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, W2: torch.Tensor, ia: torch
         raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
     check_index(E.shape[0], ia[lo:hi], ib[lo:hi])
     check_index(p, y[lo:hi])
-    H8 = -(-width // 8) * 8
-    W2p = torch.zeros(p, H8)
-    W2p[:, :width] = W2
     b = min(block, max(hi - lo, 1))  # the same blocks as `block`, less scratch
     work, dW2p = torch.empty(_native().modular_scratch(p, width, b)), torch.empty(K, P8)
     sums = torch.empty(hi) if nll is not None else None
     shift = torch.empty(hi) if nll is not None else None
     f32 = torch.float32
-    _native().modular_rows(_ptr(E, f32), _ptr(W2T, f32), W2p.data_ptr(), p, P8, width, _ptr(ia, torch.int64),
+    _native().modular_rows(_ptr(E, f32), _ptr(W2T, f32), p, P8, width, _ptr(ia, torch.int64),
                            _ptr(ib, torch.int64), _ptr(y, torch.int64), lo, hi, n_train, b, floor,
                            _ptr(sums, f32), _ptr(shift, f32), _ptr(correct, torch.bool), work.data_ptr(),
                            dW2p.data_ptr(), _ptr(dE, f32), E.shape[0], _ptr(db1, f32))
