@@ -34,13 +34,15 @@ _START = (ctypes.c_float * 12)(*[0.5 + 0.01 * c for c in range(12)])  # distinct
 
 @lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL:
-    """fma_peak.c compiled into a temporary directory (kept for the process's life)."""
-    out = Path(tempfile.mkdtemp(prefix="phaselib_fma_")) / "fma_peak.so"
-    cc = kernels._compiler()
-    proc = subprocess.run([cc, *kernels.FLAGS, "-o", str(out), str(SOURCE)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cc} failed on {SOURCE}:\n{proc.stderr.strip()}")
-    lib = ctypes.CDLL(str(out))
+    """fma_peak.c compiled into a temporary directory, removed once the library is loaded (the
+    process keeps its mapping, so nothing is left in the temporary directory after the run)."""
+    with tempfile.TemporaryDirectory(prefix="phaselib_fma_") as tmp:
+        out = Path(tmp) / "fma_peak.so"
+        cc = kernels._compiler()
+        proc = subprocess.run([cc, *kernels.FLAGS, "-o", str(out), str(SOURCE)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {SOURCE}:\n{proc.stderr.strip()}")
+        lib = ctypes.CDLL(str(out))
     lib.fma_chains.argtypes = (ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_float,
                                ctypes.c_void_p)
     lib.fma_chains.restype = ctypes.c_double

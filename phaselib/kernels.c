@@ -410,7 +410,7 @@ int64_t modular_scratch(int64_t p, int64_t width, int64_t block) {
  * finished in the core's L2 before the next, its rows as the vector lanes (see the top):
  *   hT = relu(E[ia] + E[ib])^T       (K x b, K = width + 1: the constant unit carries b2)
  *   zT = W2f hT                      (p x b logits; W2f = [W2 b2], read from W2T (K x P8))
- *   xent_cols: sums, shift, correct (if sums given) and, for train blocks (rows < n_train),
+ *   xent_cols: sums, shift, correct (each where given) and, for train blocks (rows < n_train),
  *              dz = softmax - onehot written over zT
  *   lanes += hT dz^T by lanes        (dW2's and db2's sums, 8 lanes each, added up at the end)
  *   dhT = W2^T dzT;  g = dh * (h > 0);  dE[ia] += g;  dE[ib] += g;  db1 += g   (row order)
@@ -436,7 +436,7 @@ void modular_rows(const float *E, const float *W2T, int64_t p, int64_t P8, int64
         const int64_t nt = b0 < n_train ? b : 0, nvec = (b + 7) / 8;
         hidden_cols(E, K, ia + b0, ib + b0, b, hT, ld);
         mm(p, nvec, K, W2T, 1, P8, hT, ld, zT, ld);
-        xent_cols(zT, ld, b, nt > 0, p, y + b0, floor_, sums ? sums + b0 : NULL, sums ? shift + b0 : NULL,
+        xent_cols(zT, ld, b, nt > 0, p, y + b0, floor_, sums ? sums + b0 : NULL, shift ? shift + b0 : NULL,
                   correct ? correct + b0 : NULL);
         if (nt) {
             lanes_acc(K, p, hT, zT, ld, nvec, lanes);

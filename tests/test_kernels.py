@@ -287,3 +287,36 @@ def test_modular_rows_refuses_bad_arguments():
         kernels.modular_rows(E, W2T, ia, ib + 13, y, 0, 10, 5, EXP_FLOOR, *out)
     with pytest.raises(ValueError, match="nll, correct"):
         kernels.modular_rows(E, W2T, ia, ib, y, 0, 10, 5, EXP_FLOOR, *out, nll=torch.empty(10))
+
+
+@native
+def test_modular_rows_writes_each_row_output_only_where_given():
+    """The C entry point takes sums, shift and correct each as a pointer or NULL (the wrapper passes
+    all or none): any subset writes exactly those outputs, with the values of the full call, and
+    the gradients do not depend on them."""
+    p, width, n = 13, 16, 169
+    _, (E, W2T) = one_hot_mlp(p, width)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    ia, ib = (rows // p).long(), (rows % p + p).long()
+    y = ((rows // p + rows % p) % p).long()
+    lib, K, P8 = kernels.library(), width + 1, W2T.shape[1]
+    work = torch.empty(lib.modular_scratch(p, width, 64))
+
+    def call(**given):
+        out = {"sums": torch.full((n,), -7.0), "shift": torch.full((n,), -7.0),
+               "correct": torch.full((n,), 7, dtype=torch.uint8)}
+        grads = torch.empty(K, P8), torch.empty(2 * p, width), torch.empty(width)
+        ptr = {k: (v.data_ptr() if given.get(k) else None) for k, v in out.items()}
+        lib.modular_rows(E.data_ptr(), W2T.data_ptr(), p, P8, width, ia.data_ptr(), ib.data_ptr(), y.data_ptr(),
+                         0, n, 100, 64, EXP_FLOOR, ptr["sums"], ptr["shift"], ptr["correct"], work.data_ptr(),
+                         grads[0].data_ptr(), grads[1].data_ptr(), 2 * p, grads[2].data_ptr())
+        return out, grads
+
+    full, grads = call(sums=True, shift=True, correct=True)
+    assert (full["sums"] > 0).all() and (full["correct"] <= 1).all()
+    for given in ({}, {"sums": True}, {"shift": True}, {"correct": True}, {"sums": True, "correct": True}):
+        out, g = call(**given)
+        for name, value in out.items():
+            assert torch.equal(value, full[name]) if given.get(name) else (value == (7 if name == "correct" else -7)).all()
+        assert all(torch.equal(a[..., :p] if i == 0 else a, b[..., :p] if i == 0 else b)
+                   for i, (a, b) in enumerate(zip(g, grads)))
