@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py --json results/bench/train_throughput.json
 	$(PY) benchmarks/engine_floor.py --json results/bench/engine_floor.json
 	$(PY) benchmarks/batch_workers.py --json results/bench/batch_workers.json
+	$(PY) benchmarks/sparse_hidden.py --json results/bench/sparse_hidden.json
 	$(PY) benchmarks/hessian.py --json results/bench/hessian.json
 	$(PY) benchmarks/online_false_alarms.py
 	$(PY) benchmarks/lag_rounding.py --json results/bench/lag_rounding.json

@@ -10,6 +10,8 @@
  * to float32 rounding order; tests/test_kernels.py checks them against float64 truth and those
  * operations. Plain C (GCC vector extensions), single-threaded: the engine runs them from its
  * worker threads (ctypes drops the GIL for the call). Built and loaded by phaselib/kernels.py.
+ * (Rows as lanes cannot skip the hidden units a row leaves at zero, about half; a step with rows as
+ * rows that skips them, benchmarks/sparse_hidden.c, measured slower: see that benchmark.)
  */
 #include <stdint.h>
 #include <string.h>
