@@ -4,8 +4,8 @@ import pytest
 from phaselib.claims import clopper_pearson
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
-from phaselib.signal_claims import (FAILS, HOLDS, UNTESTABLE, alarm_table, estimate_quality, honest_shares,
-                                   quality_totals, trace_check, verdicts)
+from phaselib.signal_claims import (CLAIMS, FAILS, HOLDS, PARTLY, UNTESTABLE, alarm_table, estimate_quality,
+                                   honest_shares, quality_totals, trace_check, verdicts)
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
@@ -29,16 +29,55 @@ def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int 
     return RunRecord(cfg, concat_tables([base, extra]))
 
 
+def claim_row(v, signal: str, detector: str):
+    """The verdict row of the claim on ``signal`` judged by ``detector`` (its detect function's name)."""
+    name = next(c.claim for c in CLAIMS if c.signal == signal and c.detect.__name__ == detector)
+    return v.set_index("claim").loc[name]
+
+
 def test_signals_that_lead_the_event_support_every_claim():
-    recs = [record("modular", 800, 400, 450, 500, seed=s) for s in range(3)] + [record("regression", 0, None, None, None)]
+    recs = [record("modular", 800, 400, 450, 500, seed=s) for s in range(6)] + [record("regression", 0, None, None, None)]
     a = alarm_table(recs)
     mod = a[a["task"] == "modular"]
     assert mod["supports"].all()
     assert set(mod.loc[mod["signal"] == "hessian_lmin", "alarm_epoch"]) <= set(range(400, 600))
     erank_epochs = mod.loc[mod["signal"] == "erank", "alarm_epoch"]
     assert (abs(erank_epochs - 500) <= 10).all()
+    assert set(mod.loc[mod["signal"] == "b_simple", "alarm_epoch"]) <= set(range(450, 650))  # both B_simple readings
     v = verdicts(a)
+    assert len(v) == len(CLAIMS) == 4
     assert (v["verdict"] == HOLDS).all() and (v["control alarms"] == "0/1").all()
+
+
+def test_a_claim_every_run_supports_holds_only_with_enough_runs():
+    """5 of 5 supporting runs leave the share's exact 95% CI down to 0.48: holds partly, saying why."""
+    v = verdicts(alarm_table([record("modular", 800, 400, 450, 500, seed=s) for s in range(5)]))
+    assert (v["supporting runs"] == "5/5").all() and (v["verdict"] == PARTLY).all()
+    assert v["reason"].str.contains("5 run(s) are too few to show it for most runs", regex=False).all()
+    assert v["reason"].str.contains("reaches down to 0.48", regex=False).all()
+
+
+# log10 B_simple every 50 epochs of the extended study's 90%/seed-42 run (2000 epochs, event at
+# epoch 515): a start-up jump, a fall of 1.4 decades to epoch 400, a slow rise after the event.
+B_SIMPLE_90 = [4.2, 4.9, 4.5, 4.2, 3.9, 3.7, 3.6, 3.5, 3.5, 3.6, 3.6, 3.7, 3.7, 3.8, 3.8, 3.9, 3.9, 3.9, 4.0, 4.0,
+               4.0, 4.0, 4.0, 4.0, 4.0, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2]
+
+
+def test_a_fall_the_three_sigma_rule_misses_is_still_a_drop():
+    """B_simple's fall from its start-up peak: the change points see it step down before the event,
+    while the 3σ rule's baseline (the first 10% of the run: 4 probes, the jump and the start of the
+    fall) is as wide as the fall, so the rule stays silent: the two readings are two claims."""
+    rec = record("modular", 515, None, None, None)
+    epochs = np.arange(0, 50 * len(B_SIMPLE_90), 50)
+    cfg = rec.config.replace(epochs=2000)
+    t = concat_tables([tidy(cfg.key, np.arange(2000), {("test_metric", "all"): np.where(np.arange(2000) >= 515, 0.95, 0.02)}),
+                       tidy(cfg.key, epochs, {("b_simple", "all"): 10.0 ** np.array(B_SIMPLE_90)})])
+    v = verdicts(alarm_table([RunRecord(cfg, t)]))
+    shape, rule = claim_row(v, "b_simple", "_noise_step"), claim_row(v, "b_simple", "_noise")
+    assert shape["supporting runs"] == "1/1" and rule["supporting runs"] == "0/1" and rule["verdict"] == FAILS
+    a = alarm_table([RunRecord(cfg, t)]).set_index("claim")
+    assert a.loc[shape.name, "direction"] == "down" and a.loc[shape.name, "alarm_epoch"] < 515
+    assert np.isnan(a.loc[rule.name, "alarm_epoch"])
 
 
 def test_signals_after_the_event_or_absent_do_not():
@@ -51,7 +90,7 @@ def test_no_generalised_run_is_untestable():
     v = verdicts(alarm_table([record("modular", None, 400, 400, 400)]))
     assert (v["verdict"] == UNTESTABLE).all()
     empty = verdicts(alarm_table([]))  # no runs at all: every claim untestable, no error
-    assert len(empty) == 3 and (empty["verdict"] == UNTESTABLE).all() and (empty["control alarms"] == "0/0").all()
+    assert len(empty) == len(CLAIMS) and (empty["verdict"] == UNTESTABLE).all() and (empty["control alarms"] == "0/0").all()
 
 
 def test_an_alarm_the_control_shares_is_not_specific():
@@ -63,26 +102,27 @@ def test_an_alarm_the_control_shares_is_not_specific():
 
 def test_a_control_alarm_the_other_way_is_not_a_false_alarm():
     """The effective rank claim predicts a jump up; a control whose erank steps down does not share it."""
-    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(2)]
+    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(6)]
             + [record("regression", 0, None, None, 300, erank_step=-5.0)])
     a = alarm_table(recs)
     assert a.loc[a["task"] == "regression"].set_index("signal").loc["erank", "direction"] == "down"
-    erank = verdicts(a).iloc[2]  # CLAIMS order: lambda_min, B_simple, effective rank
+    erank = claim_row(verdicts(a), "erank", "_erank")
     assert erank["verdict"] == HOLDS and erank["control alarms"] == "0/1"
-    assert "1 alarm(s) on such runs in the other direction not counted" in erank["reason"]
+    assert "1 alarm(s) in the other direction on runs without a transition, not counted" in erank["reason"]
 
 
 def test_a_run_that_never_generalised_but_alarms_makes_the_claim_unspecific():
     """The same task without a transition: an erank jump there is not announcing one."""
-    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(2)]
-            + [record("modular", None, None, None, 500, seed=5)]
+    recs = ([record("modular", 800, 400, 450, 500, seed=s) for s in range(6)]
+            + [record("modular", None, None, None, 500, seed=15)]
             + [record("regression", 0, None, None, None, seed=s) for s in range(3)])
     v = verdicts(alarm_table(recs))
-    erank = v.iloc[2]
-    assert erank["supporting runs"] == "2/2" and erank["verdict"] == "holds partly"
+    erank = claim_row(v, "erank", "_erank")
+    assert erank["supporting runs"] == "6/6" and erank["verdict"] == "holds partly"
     assert erank["never-generalised alarms"] == "1/1" and erank["control alarms"] == "0/3"
     assert "never-generalised 1/1" in erank["reason"] and "not specific" in erank["reason"]
-    assert v.iloc[0]["never-generalised alarms"] == "0/1" and v.iloc[0]["verdict"] == HOLDS
+    lmin = claim_row(v, "hessian_lmin", "_lmin")
+    assert lmin["never-generalised alarms"] == "0/1" and lmin["verdict"] == HOLDS
 
 
 def test_verdicts_carry_the_exact_ci_of_the_supporting_share():
