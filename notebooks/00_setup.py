@@ -80,15 +80,17 @@ for op in ("add", "sub", "mul", "div"):
 show(pd.DataFrame(rows))
 
 # %%
-d = make_dataset(P.run_config(task="modular", operation="add", frac=0.7, seed=42, epochs=1))
+frac, seed = 0.7, 42
+d = make_dataset(P.run_config(task="modular", operation="add", frac=frac, seed=seed, epochs=1))
 p = d.modulus
 mask = np.zeros(p * p)
 mask[d.train_idx] = 1
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-axes[0].imshow(d.label.reshape(p, p), cmap="viridis")
+image = axes[0].imshow(d.label.reshape(p, p), cmap="viridis")
+fig.colorbar(image, ax=axes[0], label="class (a + b) mod p")
 axes[0].set_title(f"label (a + b) mod {p}")
 axes[1].imshow(mask.reshape(p, p), cmap="Greys", vmin=0, vmax=1)
-axes[1].set_title("training pairs (black), 70% split, seed 42")
+axes[1].set_title(f"training pairs (black), {frac:.0%} split, seed {seed}")
 for ax in axes:
     ax.set_xlabel("b")
     ax.set_ylabel("a")

@@ -19,8 +19,10 @@
 # gradient norm's peak after the first 2% of epochs; the steepest rise of the smoothed test
 # metric; lag = metric transition − gradient peak. Unlike the paper, a run's lag counts as a
 # finding only if the run *generalised*: its test metric reached the threshold and stayed there.
-# The threshold (`threshold`) is a choice far above chance (1/p); at its default, 0.5, half the
-# test pairs or more must be right for good. Runs that end near it can flip either way, so the widget at
+# The test metric is accuracy for modular addition and R² = 1 − SS_res/SS_tot for the regression
+# control. The threshold (`threshold`) is a choice far above chance (1/p); at its default, 0.5, half the
+# test pairs or more must be right for good (for the control, R² must stay at or above it: a fit,
+# not a delayed transition). Runs that end near it can flip either way, so the widget at
 # the end shows how the verdicts move with it.
 #
 # Two epochs mark generalisation in this study. The *metric transition* is the paper's steepest
