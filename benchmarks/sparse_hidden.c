@@ -175,13 +175,15 @@ int64_t sparse_scratch(int64_t p, int64_t width) {
     return MINI * KP + MINI * P8 + 2 * MINI * mw + K + 16;
 }
 
-/* modular_rows' arguments and outputs (block is ignored; p <= 128 and width < 256), with dW2
+/* modular_rows' arguments and outputs (block is ignored; p <= 128 and width < 256, else it returns
+ * at once: sparse_hidden.py checks first), with dW2
  * (K x P8) holding zeros in its padding columns. */
 void sparse_rows(const float *E, const float *W2T, int64_t p, int64_t P8, int64_t width, const int64_t *ia,
                  const int64_t *ib, const int64_t *y, int64_t lo, int64_t hi, int64_t n_train, int64_t block,
                  float floor_, float *sums, float *shift, uint8_t *correct, float *work, float *dW2, float *dE,
                  int64_t dest_rows, float *db1) {
     (void)block;
+    if (p > 8 * MAX_NV || width + 1 > 64 * 4) return; /* beyond the class and unit bounds above: nothing */
     const int64_t K = width + 1, KP = (K + 7) / 8 * 8, nv = (p + 7) / 8, mw = (K + 63) / 64, K8 = K / 8 * 8;
     float *hb = work, *zb = hb + MINI * KP;
     uint64_t *masks = (uint64_t *)(zb + MINI * P8);

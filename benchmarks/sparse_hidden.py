@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +54,7 @@ STEP_ARGS = ([ctypes.c_void_p] * 2 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 
              + [ctypes.c_float] + [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_void_p])
 
 
+@lru_cache(maxsize=None)
 def build() -> ctypes.CDLL:
     """sparse_hidden.c (which includes phaselib/kernels.c, so both steps come from one build with
     the kernels' compiler and flags), in a temporary directory removed once it is loaded."""
@@ -140,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(1)
     cfg = RunConfig(modulus=97, frac=args.frac, seed=42, epochs=max(args.train_epochs, 1))
     m, active = trained_layouts(cfg, args.train_epochs)
+    if m["p"] > 128 or m["H"] >= 256:
+        sys.exit(f"sparse_hidden.c takes p <= 128 and width < 256; got p = {m['p']}, width {m['H']}")
     N, n = len(m["y"]), m["n"]
     s = segment_split(n, N)
     passes = {"segment [0, s): train rows": (0, s, n), "segment [s, N): train and test rows": (s, N, n),

@@ -54,7 +54,8 @@ import matplotlib.pyplot as plt
 
 from phaselib import params, plots
 from phaselib.notebook import ensure, say, show
-from phaselib.signal_claims import alarm_table, estimate_quality, quality_totals, trace_check, verdicts
+from phaselib.signal_claims import (alarm_table, estimate_quality, fall_summary, fall_table, quality_totals,
+                                   trace_check, verdicts)
 from phaselib.sweep import analyse_record, settings_of
 
 P = params.from_namespace(globals())
@@ -100,13 +101,15 @@ show(alarms.drop(columns=["task"]), name="signal_alarms", out_dir=P.out_dir)
 # generalisation event. The detectors: for λ_min, the claim's own rule (a persistent tenfold drop
 # or a zero crossing); for the two claims about the shape of a signal (B_simple drops, the
 # effective rank jumps), principled change-point detection: the first PELT change point past the
-# start-up transient whose step goes the claim's way, on log B_simple and on the effective rank.
-# The article's own early-warning recipe, a 3σ departure from the baseline of the run's first
-# 10%, is judged on B_simple as a claim of its own: a signal can move as claimed while the recipe
-# misses it. (The change-point reading of B_simple was added after the recipe was seen to stay
-# silent through a fall the trajectories show; both readings stay in the table.) Runs without a transition (the regression control, and modular runs that never
-# generalised) show whether an alarm is specific: one there, in the predicted direction, is a
-# false alarm, and a claim whose detector fires so on half of either kind holds at most partly.
+# start-up transient (left out of the segmentation) whose step goes the claim's way, on log
+# B_simple and on the effective rank. The article's own early-warning recipe, a 3σ departure
+# from the baseline of the run's first 10%, is judged on B_simple as a claim of its own: a
+# signal can move as claimed while the recipe misses it. (The change-point reading of B_simple
+# was added after the recipe was seen to stay silent through a fall the trajectories show; both
+# readings stay in the table, and the last section measures the fall itself.) Runs without a
+# transition (the regression control, and modular runs that never generalised) show whether an
+# alarm is specific: one there, in the predicted direction, is a false alarm, and a claim whose
+# detector fires so on half of either kind holds at most partly.
 # A claim about every run holds only when there are enough runs to show it for most of them: the
 # exact 95% CI of the supporting share must lie above 1/2 (6 of 6 runs do; 5 of 5 leave 0.48).
 
@@ -120,3 +123,14 @@ say(f"Judged on {n_mod} probed modular run(s) and {len(records) - n_mod} control
     + "; ".join(f"*{r.claim}* — **{r.verdict}** ({r.reason})" for r in v.itertuples())
     + f". With this few runs a verdict is a first look, not a test (and the Hessian is probed every "
     f"{P.probe_hessian_every} epochs, so λ_min alarms come on that grid): `params/paper.yaml` probes every fraction.")
+
+# %% [markdown]
+# ## How far B_simple falls
+# The verdicts judge steps and alarms; a signal can also fall gradually, which neither reports.
+# Per run: the largest fall of B_simple before the generalisation event (over the whole run for
+# runs without one), from a probe to a later one, as a factor (the maximum drawdown).
+
+# %% tags=["nbval-check-output"]
+falls = fall_table(records, "b_simple", P.threshold)
+show(falls.drop(columns=["task"]), name="b_simple_falls", out_dir=P.out_dir)
+say(f"B_simple: {fall_summary(falls)}.")

@@ -67,7 +67,7 @@ import matplotlib.pyplot as plt
 from phaselib import params, plots, published
 from phaselib.claims import PAPER_HORIZON, claims_table, operation_table, per_frac_lags
 from phaselib.detector_study import evaluate_detectors
-from phaselib.signal_claims import alarm_table, quality_totals, trace_check, verdicts
+from phaselib.signal_claims import alarm_table, fall_summary, fall_table, quality_totals, trace_check, verdicts
 from phaselib.evaluate import detector_table, specific
 from phaselib.notebook import ensure, open_store, say, show
 from phaselib.results import write_results
@@ -190,6 +190,8 @@ say(f"{len(probe_records)} probed runs; on the {len(probe_mod)} modular one(s), 
     f"λ_min {q['lmin']}/{q['probes']}; median relative s.e. of the trace {q['trace_rse']:.3f}; {trace_check(q)}.")
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)
+say(f"Beside the verdicts, which judge steps and alarms, B_simple's gradual fall (notebook 03): "
+    f"{fall_summary(fall_table(probe_records, 'b_simple', P.threshold))}.")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -263,8 +265,8 @@ counts = claims["verdict"].value_counts()
 near = int(((mod["final_test_metric"] - P.threshold).abs() < NEAR_THRESHOLD).sum())
 lines = [f"- {n_gen} of {len(mod)} modular runs generalised; the others' lags are reported by the paper's heuristic "
          "but are not evidence of a lead. "
-         + (f"{near} of the {len(mod)} end within {NEAR_THRESHOLD} of the threshold ({P.threshold}), where a run's "
-            "verdict can flip with float32 rounding order." if near else
+         + (f"{near} of the {len(mod)} end within {NEAR_THRESHOLD} of the threshold ({P.threshold}): theirs are the "
+            "most fragile verdicts." if near else
             f"None ends within {NEAR_THRESHOLD} of the threshold ({P.threshold})."),
          f"- Of {len(claims)} claims: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "."]
 lines += [f"  - *{c.claim}*: **{c.verdict}** — {c.reason}." for c in claims.itertuples()]

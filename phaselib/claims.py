@@ -43,12 +43,25 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 def shown_for_most(k: int, n: int, level: float = 0.95) -> bool:
     """Whether k of n runs show a share above 1/2: the exact CI's lower bound exceeds 1/2. A claim
     about every run holds only then (with k = n that takes 6 runs: 5 of 5 leave 0.48); with fewer
-    runs it holds partly, its reason saying the runs are too few."""
+    runs it holds partly, its reason saying the runs are too few (:func:`every_run`)."""
     return n > 0 and clopper_pearson(k, n, level)[0] > 0.5
 
 
-EXACT_SPEARMAN_MAX_N = 8
-"""Up to this many points Spearman's p is exact (every pairing: 8! = 40 320); beyond, the t approximation."""
+def every_run(k: int, n: int) -> tuple[bool, str]:
+    """A claim that all n runs show something, k of which do: whether it holds (k = n, and enough
+    runs to show it for most: :func:`shown_for_most`), and the clause its reason adds when every
+    run shows it but the runs are too few (else "")."""
+    if n == 0 or k < n:
+        return False, ""
+    if shown_for_most(k, n):
+        return True, ""
+    return False, (f", but {n} run(s) are too few to show it for most runs (the share's exact 95% CI reaches "
+                   f"down to {clopper_pearson(k, n)[0]:.2f})")
+
+
+EXACT_SPEARMAN_MAX_N = 9
+"""Up to this many points Spearman's p is exact (every pairing: 9! = 362 880, about half a second);
+beyond, the t approximation."""
 
 
 def spearman_test(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
@@ -57,19 +70,23 @@ def spearman_test(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
     pairings of x's ranks with y's, ties given mid-ranks as in rho itself; p = the share with |rho|
     at least the observed, Hollander & Wolfe, Nonparametric Statistical Methods, section 8.5):
     scipy's t approximation is far off at a handful of points (n = 5 with tied fractions: 0.058
-    where the exact p is 0.20). Beyond, scipy's p."""
+    where the exact p is 0.20; n = 9 on three fractions: 1e-4 where it is 1e-3). The method string
+    then gives the smallest p those points can reach at all (tied x can make 0.05 unreachable).
+    Beyond, scipy's p. A constant or non-finite input has no rho: (nan, nan, "undefined")."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    rho = float(stats.spearmanr(x, y)[0])
     n = len(x)
-    if n > EXACT_SPEARMAN_MAX_N or not np.isfinite(rho):
+    if n < 3 or not (np.isfinite(x).all() and np.isfinite(y).all()) or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan"), "undefined"
+    rho = float(stats.spearmanr(x, y)[0])
+    if n > EXACT_SPEARMAN_MAX_N:
         return rho, float(stats.spearmanr(x, y)[1]), "t approximation"
     rx, ry = stats.rankdata(x), stats.rankdata(y)
-    perms = np.array(list(itertools.permutations(range(n))))
-    a = rx[perms] - rx.mean()
+    a = rx[np.array(list(itertools.permutations(range(n))))] - rx.mean()
     b = ry - ry.mean()
-    null = (a @ b) / np.sqrt((a * a).sum(1) * (b @ b))
-    p = float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
-    return rho, p, f"exact, {len(perms)} pairings"
+    null = np.abs((a @ b) / np.sqrt((a * a).sum(1) * (b @ b)))
+    p = float(np.mean(null >= abs(rho) - 1e-12))
+    floor = float(np.mean(null >= null.max() - 1e-12))
+    return rho, p, f"exact, {len(null)} pairings, smallest attainable p {floor:.2g}"
 
 
 def spearman_ci(rho: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -121,10 +138,9 @@ def claim_precede_all(summary: pd.DataFrame, operation: str = "add") -> Claim:
         text, paper = f"extension: gradient peaks precede the test transition in all modular-{OP_NAMES.get(operation, operation)} runs", "not studied"
     if n == 0:
         return Claim(text, paper, f"0 of {len(m)} runs generalised", "–", UNTESTABLE, "no run generalised")
-    verdict = HOLDS if k == n and shown_for_most(k, n) else PARTLY if k > n / 2 else FAILS
-    reason = f"{n - k} generalised run(s) with lag ≤ 0" if k < n else "every generalised run has a positive lag"
-    if k == n and verdict == PARTLY:
-        reason += f", but {n} run(s) are too few to show it for most runs (the share's CI reaches down to {lo:.2f})"
+    holds, few = every_run(k, n)
+    verdict = HOLDS if holds else PARTLY if k > n / 2 else FAILS
+    reason = (f"{n - k} generalised run(s) with lag ≤ 0" if k < n else "every generalised run has a positive lag") + few
     return Claim(text, paper, f"{k}/{n} generalised runs lead ({len(m) - n} did not generalise)",
                  _ci(lo, hi, ".2f") + " (share, exact 95%)", verdict, reason)
 
@@ -156,14 +172,15 @@ def claim_lag_range(summary: pd.DataFrame) -> Claim:
         parts.append(f"no primary run generalised ({len(prim)} runs)")
     parts.append(f"all {len(lags)} generalised addition runs: {lags.min():.0f}–{lags.max():.0f}, {inside} inside")
     ok_primary = len(lp) == 0 or inside_p == len(lp)
-    if inside == len(lags) and ok_primary:
+    holds, few = every_run(inside, len(lags))
+    if holds and ok_primary:
         verdict = HOLDS
     elif inside == 0:
         verdict = FAILS
     else:
         verdict = PARTLY
     reason = (f"{inside_p}/{len(lp)} primary lags and " if len(lp) else "") + \
-        f"{inside}/{len(lags)} of all generalised addition lags inside the published range"
+        f"{inside}/{len(lags)} of all generalised addition lags inside the published range" + few
     return Claim(text, f"{lo_p}–{hi_p}", "; ".join(parts), _ci(lo, hi, ".2f") + " (share inside, exact 95%)",
                  verdict, reason)
 
@@ -215,6 +232,9 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
                      "needs generalised runs at two fractions or more")
     means = gen.groupby("frac")["lag"].mean().sort_index()
     rho, p, how = spearman_test(gen["frac"].to_numpy(), gen["lag"].to_numpy())
+    if how == "undefined":
+        return Claim(text, "642 > 199 > 54", "no rank correlation (a constant or missing lag)", "–", UNTESTABLE,
+                     "the lags of the generalised runs give no rank correlation")
     lo, hi = spearman_ci(rho, len(gen))
     strictly = bool(np.all(np.diff(means.to_numpy()) < 0))
     ours = " > ".join(f"{v:.0f}" for v in means.to_numpy()) + \
@@ -246,18 +266,15 @@ def claim_regression(summary: pd.DataFrame) -> Claim:
         return Claim(text, "−60 (all 3)", "no regression run", "–", UNTESTABLE, "no control in this sweep")
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
-    reason = "no control run has a positive lag" if k == 0 else f"{k} control run(s) lead"
-    enough = shown_for_most(len(reg) - k, len(reg))
-    if k == 0 and not enough:
-        reason += (f", but {len(reg)} run(s) are too few to exclude a positive share of up to {hi:.2f} "
-                   "(the share's exact 95% CI)")
+    holds, few = every_run(len(reg) - k, len(reg))
+    reason = ("no control run has a positive lag" if k == 0 else f"{k} control run(s) lead") + few
     if peaks_at_search_start(reg):
         reason += ("; every control's gradient peak is the first epoch the peak search sees (its norm falls from "
                    "the start), so the peak, and with it the lag, is set by the skipped early epochs, not measured")
     span = f"{reg['lag'].min():.0f}" + (f" to {reg['lag'].max():.0f}" if reg["lag"].max() > reg["lag"].min() else "")
     return Claim(text, "−60 (all 3)", f"lag{'s' if len(reg) > 1 else ''} {span}; {k}/{len(reg)} positive",
                  _ci(lo, hi, ".2f") + " (share positive, exact 95%)",
-                 FAILS if k else HOLDS if enough else PARTLY, reason)
+                 FAILS if k else HOLDS if holds else PARTLY, reason)
 
 
 def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
@@ -281,8 +298,10 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     if not testable:
         return Claim(text, "−0.93 to −0.66", ours, ci, UNTESTABLE,
                      f"no run of the paper's {PAPER_HORIZON} epochs, and r over a whole run depends on its length")
-    verdict = HOLDS if strong == len(r) else PARTLY if np.median(r) <= -0.5 else FAILS
-    reason = "strong (r ≤ −0.5) in every run judged" if verdict == HOLDS else f"{len(r) - strong} run(s) weaker than −0.5"
+    holds, few = every_run(strong, len(r))
+    verdict = HOLDS if holds else PARTLY if np.median(r) <= -0.5 else FAILS
+    reason = ("strong (r ≤ −0.5) in every run judged" if strong == len(r) else
+              f"{len(r) - strong} run(s) weaker than −0.5") + few
     return Claim(text, "−0.93 to −0.66", ours, ci, verdict, reason)
 
 
@@ -312,10 +331,12 @@ def claim_half_never(summary: pd.DataFrame) -> Claim:
     elif beyond["generalised"].any():
         verdict, reason = PARTLY, (f"true within {PAPER_HORIZON} epochs, but {int(beyond['generalised'].sum())}/{len(beyond)} "
                                    "longer runs generalise later: the setting is slow, not incapable")
-    elif len(beyond):
-        verdict, reason = HOLDS, f"no 50% run generalises, even over {int(beyond['epochs'].max())} epochs"
-    elif within["epochs"].max() >= PAPER_HORIZON:
-        verdict, reason = HOLDS, f"no 50% run generalises within {int(within['epochs'].max())} epochs (no longer run)"
+    elif len(beyond) or within["epochs"].max() >= PAPER_HORIZON:
+        judged = half[half["epochs"] >= PAPER_HORIZON]  # shorter runs cannot confirm it
+        holds, few = every_run(len(judged), len(judged))
+        verdict = HOLDS if holds else PARTLY
+        reason = (f"no 50% run generalises, even over {int(beyond['epochs'].max())} epochs" if len(beyond) else
+                  f"no 50% run generalises within {int(within['epochs'].max())} epochs (no longer run)") + few
     else:
         verdict, reason = UNTESTABLE, (f"no 50% run generalises within {int(within['epochs'].max())} epochs, but the "
                                        f"claim is about {PAPER_HORIZON}: these runs are too short to test it")

@@ -17,23 +17,23 @@ judged apart, so that the other task's controls cannot dilute a false alarm on t
 - B_simple (seed 002): "the noise scale drops at the onset of feature learning", and
 - effective rank (seed 002): "jumps at the onset of feature learning": claims about the shape of
   a signal, judged alike by principled change-point detection (:func:`first_step`: PELT with its
-  default penalty, :mod:`phaselib.detect.changepoint`; the first change point past the start-up
-  transient whose step, the mean of the segment it opens against the segment it closes, goes the
-  claim's way), on log B_simple (it spans decades; a probe every ``probe_noise_every`` epochs) and
-  on the every-epoch erank.
+  default penalty, :mod:`phaselib.detect.changepoint`, on the series after its start-up transient;
+  the first change point whose step, the mean of the segment it opens against the segment it
+  closes, goes the claim's way), on log B_simple (it spans decades; a probe every
+  ``probe_noise_every`` epochs) and on the every-epoch erank.
 - seed 002's own early-warning recipe on B_simple: "a 3-sigma departure from the baseline of the
   first 10% of the run flags the drop": the online k-sigma detector (:mod:`phaselib.detect.online`)
   on log B_simple, direction down, window and persistence scaled to the sparse series (3 probes).
-  Judged as a claim of its own: a signal can move as claimed while the recipe misses it (here its
-  baseline window holds the start-up jump of B_simple and the beginning of its fall, which widen
-  the band).
+  Judged as a claim of its own: a signal can move as claimed while the recipe misses it, or the
+  other way round.
 
 A claim about every run holds only when the runs show it for most runs at least: k of n with the
-exact 95% CI of the share above 1/2 (:func:`phaselib.claims.shown_for_most`); fewer runs make it
+exact 95% CI of the share above 1/2 (:func:`phaselib.claims.every_run`); fewer runs make it
 hold partly, with the reason saying so.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import clopper_pearson, shown_for_most
+from .claims import clopper_pearson, every_run
 from .detect import changepoint, curvature, online
 from .detect.offline import generalisation_epoch
 from .evaluate import fires_too_often
@@ -64,28 +64,36 @@ def _lmin(values: np.ndarray) -> tuple[int | None, str | None]:
 
 
 def _noise(values: np.ndarray) -> tuple[int | None, str | None]:
-    v = np.log(np.clip(values, 1e-30, None))  # B_simple spans decades: judge it on a log scale
+    v = _log(values)
     alarms = online.replay(v, baseline=max(3, online.baseline_len(len(v))), window=3, persistence=3,
                            direction="down")
     return (alarms[0].index, alarms[0].direction) if alarms else (None, None)
 
 
 def first_step(values: np.ndarray, direction: str) -> tuple[int | None, str | None]:
-    """The first PELT change point past the start-up transient (``changepoint.detect``'s
-    transition) that steps in ``direction`` ("up": the segment it opens has the larger mean than
-    the one it closes), else the first one past the transient, with its step's direction; (None,
-    None) without one."""
-    cp = changepoint.detect(values)
-    if cp.transition is None:
+    """The first PELT change point of the series after its start-up transient (the first
+    ``changepoint.TRANSIENT_FRAC`` of the samples, left out of the segmentation, so that the
+    start-up is never the level a step is measured from) that steps in ``direction`` ("up": the
+    segment it opens has the larger mean than the one it closes), else the first one, with its
+    step's direction; indices into ``values``; (None, None) without one."""
+    start = math.ceil(changepoint.TRANSIENT_FRAC * len(values))
+    rest = values[start:]
+    cp = changepoint.detect(rest, transient=0)
+    if not cp.indices:
         return None, None
-    bounds = [0, *cp.indices, len(values)]
-    steps = [(i, "up" if values[i:bounds[j + 1]].mean() > values[bounds[j - 1]:i].mean() else "down")
-             for j, i in enumerate(cp.indices, 1) if i >= cp.transition]
+    bounds = [0, *cp.indices, len(rest)]
+    steps = [(start + i, "up" if rest[i:bounds[j + 1]].mean() > rest[bounds[j - 1]:i].mean() else "down")
+             for j, i in enumerate(cp.indices, 1)]
     return next((s for s in steps if s[1] == direction), steps[0])
 
 
+def _log(values: np.ndarray) -> np.ndarray:
+    """B_simple spans decades: it is judged on a log scale."""
+    return np.log(np.clip(values, 1e-30, None))
+
+
 def _noise_step(values: np.ndarray) -> tuple[int | None, str | None]:
-    return first_step(np.log(np.clip(values, 1e-30, None)), "down")
+    return first_step(_log(values), "down")
 
 
 def _erank(values: np.ndarray) -> tuple[int | None, str | None]:
@@ -119,7 +127,8 @@ def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.Data
         gi = generalisation_epoch(metric.to_numpy(), threshold)
         event = None if gi is None else int(metric.index[gi])
         for c in CLAIMS:
-            s = rec.series(c.signal).dropna()
+            s = rec.series(c.signal)
+            s = s[np.isfinite(s.to_numpy())]  # a probe can give inf (B_simple at a zero gradient)
             idx, direction = c.detect(s.to_numpy()) if len(s) > 3 else (None, None)
             epoch = None if idx is None else int(s.index[idx])
             lead = (event - epoch) if (event is not None and epoch is not None) else None
@@ -145,10 +154,9 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
         fa = {kind: int((fired[kind] & (g["direction"] == c.direction)).sum()) for kind, g in null.items()}
         other = sum(int(f.sum()) for f in fired.values()) - sum(fa.values())
         loud = [kind for kind, g in null.items() if fires_too_often(fa[kind], len(g))]
-        verdict = UNTESTABLE if n == 0 else HOLDS if k == n else PARTLY if k else FAILS
-        few = verdict == HOLDS and not shown_for_most(k, n)
-        if verdict == HOLDS and (loud or few):
-            verdict = PARTLY  # too few runs, or it fires as often without a transition (not specific)
+        holds, few = every_run(k, n)
+        verdict = UNTESTABLE if n == 0 else HOLDS if holds and not loud else PARTLY if k else FAILS
+        # (every run, but too few runs; or it fires as often without a transition: not specific)
         counts = ", ".join(f"{kind} {fa[kind]}/{len(g)}" for kind, g in null.items() if len(g))
         leads = mod.loc[mod["supports"], "lead"]
         lo, hi = clopper_pearson(k, n)
@@ -165,9 +173,57 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
                                    if sum(fa.values()) else "")
                                 + (f"; {other} alarm(s) in the other direction on runs without a transition, "
                                    "not counted" if other else "")
-                                + (f"; but {n} run(s) are too few to show it for most runs (the share's exact "
-                                   f"95% CI reaches down to {lo:.2f})" if few else ""))})
+                                + few.replace(", but", "; but", 1))})
     return pd.DataFrame(rows)
+
+
+def largest_fall(values: np.ndarray) -> tuple[float, int | None, int | None]:
+    """The largest fall of a positive series from a sample to a later one, as a factor
+    ``values[peak] / values[trough]`` (>= 1; 1 for a series that never falls), with the indices of
+    that peak and trough (None, None when it never falls): the maximum drawdown, parameter-free,
+    so it sees a gradual fall that no step detector reports."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return 1.0, None, None
+    running = np.maximum.accumulate(v)
+    ratio = running / v
+    trough = int(np.argmax(ratio))
+    if not ratio[trough] > 1.0:
+        return 1.0, None, None
+    peak = int(np.argmax(v[:trough + 1]))
+    return float(ratio[trough]), peak, trough
+
+
+def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold: float = 0.5) -> pd.DataFrame:
+    """Per run: the largest fall of ``signal`` (:func:`largest_fall`) before the run's generalisation
+    event (over the whole run for runs without one), its peak and trough epochs, and the event."""
+    rows = []
+    for rec in records:
+        metric = rec.series("test_metric")
+        gi = generalisation_epoch(metric.to_numpy(), threshold)
+        event = None if gi is None else int(metric.index[gi])
+        s = rec.series(signal)
+        s = s[np.isfinite(s.to_numpy())]
+        before = s[s.index < event] if event is not None else s
+        factor, peak, trough = largest_fall(before.to_numpy())
+        rows.append({"run": rec.config.label, "task": rec.config.task, "event_epoch": event,
+                     "largest fall (x)": factor,
+                     "from epoch": None if peak is None else int(before.index[peak]),
+                     "to epoch": None if trough is None else int(before.index[trough])})
+    return pd.DataFrame(rows, columns=["run", "task", "event_epoch", "largest fall (x)", "from epoch", "to epoch"])
+
+
+def fall_summary(falls: pd.DataFrame) -> str:
+    """One sentence on a :func:`fall_table`: the largest falls in generalised modular runs against
+    those in runs without a transition (median and range of the factors)."""
+    gen = falls["event_epoch"].notna() & (falls["task"] == "modular")
+
+    def spread(f: pd.Series) -> str:
+        return (f"median x{f.median():.1f} (x{f.min():.1f} to x{f.max():.1f})" if len(f) > 1 else
+                f"x{f.iloc[0]:.1f}" if len(f) else "no run")
+    return (f"largest fall before the event in the {int(gen.sum())} generalised run(s): "
+            f"{spread(falls.loc[gen, 'largest fall (x)'])}; over the whole run in the {int((~gen).sum())} run(s) "
+            f"without a transition: {spread(falls.loc[~gen, 'largest fall (x)'])}")
 
 
 def _trace_z(t: pd.DataFrame) -> np.ndarray:

@@ -1,11 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from phaselib.claims import clopper_pearson
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
 from phaselib.signal_claims import (CLAIMS, FAILS, HOLDS, PARTLY, UNTESTABLE, alarm_table, estimate_quality,
-                                   honest_shares, quality_totals, trace_check, verdicts)
+                                   fall_summary, fall_table, first_step, honest_shares, largest_fall, quality_totals, trace_check,
+                                   verdicts)
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
@@ -63,22 +65,35 @@ B_SIMPLE_90 = [4.2, 4.9, 4.5, 4.2, 3.9, 3.7, 3.6, 3.5, 3.5, 3.6, 3.6, 3.7, 3.7, 
                4.0, 4.0, 4.0, 4.0, 4.0, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.1, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2, 4.2]
 
 
-def test_a_fall_the_three_sigma_rule_misses_is_still_a_drop():
-    """B_simple's fall from its start-up peak: the change points see it step down before the event,
-    while the 3σ rule's baseline (the first 10% of the run: 4 probes, the jump and the start of the
-    fall) is as wide as the fall, so the rule stays silent: the two readings are two claims."""
-    rec = record("modular", 515, None, None, None)
+def test_a_fall_from_the_start_up_peak_is_no_step():
+    """The 90% run's B_simple falls from its start-up peak (epoch 50) as a ramp: with the start-up
+    transient left out of the segmentation, no change point steps down before the event, whether
+    or not the initialisation probe (epoch 0) is in the series; the 3σ rule stays silent too. (With
+    the transient in the segmentation, the first segment, epochs 0-249, was the level a "drop" at
+    epoch 250 = 5 probes, PELT's minimum segment, was measured from: an artefact.)"""
+    cfg = record("modular", 515, None, None, None).config.replace(epochs=2000)
+    metric = tidy(cfg.key, np.arange(2000), {("test_metric", "all"): np.where(np.arange(2000) >= 515, 0.95, 0.02)})
     epochs = np.arange(0, 50 * len(B_SIMPLE_90), 50)
-    cfg = rec.config.replace(epochs=2000)
-    t = concat_tables([tidy(cfg.key, np.arange(2000), {("test_metric", "all"): np.where(np.arange(2000) >= 515, 0.95, 0.02)}),
-                       tidy(cfg.key, epochs, {("b_simple", "all"): 10.0 ** np.array(B_SIMPLE_90)})])
-    v = verdicts(alarm_table([RunRecord(cfg, t)]))
-    shape, rule = claim_row(v, "b_simple", "_noise_step"), claim_row(v, "b_simple", "_noise")
-    assert shape["supporting runs"] == "1/1" and rule["supporting runs"] == "0/1" and rule["verdict"] == FAILS
-    a = alarm_table([RunRecord(cfg, t)]).set_index("claim")
-    assert a.loc[shape.name, "direction"] == "down" and a.loc[shape.name, "alarm_epoch"] < 515
-    assert np.isnan(a.loc[rule.name, "alarm_epoch"])
+    for first in (0, 1):  # with and without the probe at initialisation
+        b = tidy(cfg.key, epochs[first:], {("b_simple", "all"): 10.0 ** np.array(B_SIMPLE_90[first:])})
+        a = alarm_table([RunRecord(cfg, concat_tables([metric, b]))])
+        v = verdicts(a)
+        for detector in ("_noise_step", "_noise"):
+            row = claim_row(v, "b_simple", detector)
+            assert row["supporting runs"] == "0/1" and row["verdict"] == FAILS, (first, detector)
+        step = a.set_index("claim").loc[claim_row(v, "b_simple", "_noise_step").name]
+        assert np.isnan(step["alarm_epoch"]) or step["alarm_epoch"] > 515
 
+
+def test_a_step_is_measured_from_the_segment_before_it_not_from_the_start():
+    """Levels 0, 5, 3: the change at 800 steps down (5 to 3), though 3 is above the start."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.zeros(400), np.full(400, 5.0), np.full(400, 3.0)]) + 0.05 * rng.standard_normal(1200)
+    idx, direction = first_step(x, "down")
+    assert direction == "down" and abs(idx - 800) <= 12
+    idx, direction = first_step(x, "up")
+    assert direction == "up" and abs(idx - 400) <= 12
+    assert first_step(np.ones(100), "up") == (None, None)
 
 def test_signals_after_the_event_or_absent_do_not():
     recs = [record("modular", 300, 700, None, 900, seed=s) for s in range(2)]
@@ -191,3 +206,38 @@ def test_the_trace_check_sentence_and_its_expected_shares():
     assert "at 2/4 probes (50%, 95% CI" in text and "within two at 3/4 (75%" in text
     assert text.endswith("honest error bars give 67% and 95%")
     assert "not checked" in trace_check(quality_totals([probed(1, [1], [1], 0.01)]))
+
+
+def test_largest_fall_is_the_maximum_drawdown():
+    assert largest_fall(np.array([1.0, 4.0, 2.0, 8.0, 1.0, 3.0])) == (8.0, 3, 4)
+    assert largest_fall(np.array([1.0, 2.0, 3.0])) == (1.0, None, None)  # never falls
+    assert largest_fall(np.array([5.0])) == (1.0, None, None)
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # against the brute-force pair search
+        v = np.exp(rng.normal(size=12))
+        brute = max(v[i] / v[j] for i in range(12) for j in range(i + 1, 12))
+        f, i, j = largest_fall(v)
+        assert f == pytest.approx(max(brute, 1.0)) and (f == 1.0 or v[i] / v[j] == pytest.approx(f))
+
+
+def test_fall_table_measures_before_the_event_only():
+    """The 90% run's B_simple falls x25 from epoch 50 to 400 before its event at 515; a fall after
+    the event, or in a run's absence of one over the whole run, is measured where the rows say."""
+    cfg = record("modular", 515, None, None, None).config.replace(epochs=2000)
+    metric = tidy(cfg.key, np.arange(2000), {("test_metric", "all"): np.where(np.arange(2000) >= 515, 0.95, 0.02)})
+    epochs = np.arange(0, 50 * len(B_SIMPLE_90), 50)
+    rec = RunRecord(cfg, concat_tables([metric, tidy(cfg.key, epochs, {("b_simple", "all"): 10.0 ** np.array(B_SIMPLE_90)})]))
+    row = fall_table([rec]).iloc[0]
+    assert row["event_epoch"] == 515 and (row["from epoch"], row["to epoch"]) == (50, 350)
+    assert row["largest fall (x)"] == pytest.approx(10 ** 1.4)
+    flat = fall_table([record("modular", None, None, None, None)]).iloc[0]  # no event: the whole run
+    assert flat["event_epoch"] is None and 1.0 <= flat["largest fall (x)"] < 1.5
+
+
+def test_fall_summary_sets_generalised_runs_against_the_rest():
+    falls = pd.DataFrame({"task": ["modular", "modular", "modular", "regression"], "event_epoch": [515, 600, None, 20],
+                          "largest fall (x)": [25.0, 4.0, 1.2, 1.1]})
+    text = fall_summary(falls)
+    assert "in the 2 generalised run(s): median x14.5 (x4.0 to x25.0)" in text
+    assert "in the 2 run(s) without a transition: median x1.1 (x1.1 to x1.2)" in text  # the control counts here
+    assert "in the 0 generalised run(s): no run" in fall_summary(falls[falls["event_epoch"].isna()])

@@ -26,8 +26,7 @@ def test_sparse_step_matches_the_dense_step_and_the_json_says_so(bench, tmp_path
     result = bench.main(["--train-epochs", "2", "--repeats", "1", "--calls", "1", "--json", str(out)])
     assert json.loads(out.read_text())["step_ratio"] == pytest.approx(result["step_ratio"])
     assert 0.3 < result["active_fraction"]["init"] < 0.7  # ReLU of symmetric random pre-activations
-    for name, p in result["passes"].items():
-        assert max(p["max_rel_diff"].values()) < bench.TOLERANCE, name
+    for name, p in result["passes"].items():  # (agreement within TOLERANCE: main stops otherwise)
         assert p["max_rel_diff"]["shift"] == 0.0, name  # the logits: the same FMA chain less exact zeros
 
 
