@@ -161,11 +161,16 @@ PROBE_PANELS: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+ALARM_COLORS = ("tab:red", "tab:purple", "tab:brown")
+"""Alarm markers, one colour per claim on a signal (B_simple carries two: the change point and the 3σ rule)."""
+
+
 def signal_panels(record: RunRecord, analysis: Analysis, alarms: pd.DataFrame | None = None,
                   panels: Sequence[tuple[str, str, bool]] = PROBE_PANELS) -> plt.Figure:
     """One panel per probed signal against epoch, the test metric in the last panel; the gradient
-    peak (dashed), steepest metric rise (dotted), generalisation (dash-dot) and detector alarms
-    (red triangles) marked."""
+    peak (dashed), steepest metric rise (dotted), generalisation (dash-dot) and the claims'
+    detector alarms marked (a triangle pointing the alarm's way, one colour per claim, in the
+    panel's legend)."""
     present = [p for p in panels if len(record.series(p[0]))]
     fig, axes = plt.subplots(len(present) + 1, 1, figsize=(7.5, 1.55 * (len(present) + 1)), sharex=True)
     for ax, (sig, label, log) in zip(axes, present):
@@ -182,8 +187,13 @@ def signal_panels(record: RunRecord, analysis: Analysis, alarms: pd.DataFrame | 
         ax.set_ylabel(label, fontsize=7)
         if alarms is not None:
             a = alarms[(alarms["run"] == record.config.label) & (alarms["signal"] == sig) & alarms["alarm_epoch"].notna()]
-            for e in a["alarm_epoch"]:
-                ax.plot([e], [s.loc[:e].iloc[-1]], "v", color="tab:red", ms=7)
+            claims = list(dict.fromkeys(alarms.loc[alarms["signal"] == sig, "claim"]))  # every run's panel alike
+            for r in a.itertuples():
+                ax.plot([r.alarm_epoch], [s.loc[:r.alarm_epoch].iloc[-1]], "v" if r.direction == "down" else "^",
+                        color=ALARM_COLORS[claims.index(r.claim) % len(ALARM_COLORS)], ms=7,
+                        label=r.claim if len(r.claim) <= 48 else r.claim[:47] + "…")
+            if len(a):
+                ax.legend(fontsize=6, loc="best")
     m = record.series("test_metric")
     axes[-1].plot(m.index, m.to_numpy(), color="tab:green")
     axes[-1].set_ylabel(metric_label(record), fontsize=7)

@@ -46,3 +46,26 @@ def test_lag_distribution_averages_the_generalised_runs_only():
     assert len(bars) == 1  # none at 50%: nothing generalised there
     assert float(bars[0].lines[0].get_ydata()[0]) == 150.0  # (100 + 200) / 2, not with the 600
     assert [t.get_text() for t in ax.texts] == ["n=2"]
+
+
+def test_signal_panels_tell_two_claims_on_one_signal_apart():
+    """B_simple carries two claims (change point, 3σ rule): their alarms get a colour each, a
+    triangle pointing the alarm's way, and a legend entry."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    rec = record("modular", 300)
+    cfg = rec.config
+    rec = RunRecord(cfg, concat_tables([rec.table, tidy(cfg.key, np.arange(0, 400, 50),
+                                                         {("b_simple", "all"): np.linspace(100.0, 10.0, 8)})]))
+    alarms = pd.DataFrame({"run": cfg.label, "signal": "b_simple", "claim": ["B drops", "3σ rule flags it"],
+                           "alarm_epoch": [100.0, 150.0], "direction": ["down", "up"]})
+    marks_at = SimpleNamespace(gnorm_peak_epoch=50, metric_transition_epoch=300, generalisation_epoch=300)
+    fig = plots.signal_panels(rec, marks_at, alarms)
+    ax = next(a for a in fig.axes if a.get_ylabel().startswith("B_simple"))
+    marks = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_label() in ("B drops", "3σ rule flags it")}
+    assert set(marks) == {"B drops", "3σ rule flags it"}
+    assert marks["B drops"].get_marker() == "v" and marks["3σ rule flags it"].get_marker() == "^"
+    assert marks["B drops"].get_color() != marks["3σ rule flags it"].get_color()
+    assert ax.get_legend() is not None
