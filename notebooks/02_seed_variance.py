@@ -86,16 +86,20 @@ for op, g in summary[summary["task"] == "modular"].groupby("operation"):
 
 # %% tags=["nbval-check-output"]
 lines = []
+pf = per_frac_lags(summary).set_index(["operation", "frac"])  # intervals over the generalised runs
 for r in t2.itertuples():
     ci = f"[{r.ci_low:.0f}, {r.ci_high:.0f}]" if r.n > 1 and r.ci_low == r.ci_low else "n/a"
-    gen = (f"mean of those {r.mean_generalised:.0f}" if r.n_generalised else "so no lag here is a finding")
+    g = pf.loc[(r.operation, r.frac)] if (r.operation, r.frac) in pf.index else None
+    gci = (f", 95% CI [{g.ci_low:.0f}, {g.ci_high:.0f}]" if g is not None and g.ci_low == g.ci_low else
+           ", no interval from one run" if r.n_generalised == 1 else "")
+    gen = (f"mean of those {r.mean_generalised:.0f}{gci}" if r.n_generalised else "so no lag here is a finding")
     lines.append(f"- {r.operation} {r.frac:.0%}: mean lag {r.mean:.0f} epochs over all seeds (95% CI {ci}, "
                  f"sd {r.std:.0f}, n = {r.n}); {r.n_generalised} of {r.n} runs generalised, {gen}.")
 ov = adjacent_overlaps(per_frac_lags(summary))  # generalised runs only
 if len(ov):
     both = [f"{r.operation} {r.frac_a:.0%}/{r.frac_b:.0%}" for r in ov.itertuples() if r.overlap]
-    lines.append(f"- Adjacent fractions whose mean-lag CIs over generalised runs overlap (the seeds do not "
-                 f"clearly separate them; overlap is a conservative check): {', '.join(both) if both else 'none'} "
+    lines.append(f"- Adjacent fractions whose mean-lag CIs over generalised runs (above, and in the figure) "
+                 f"overlap (the seeds do not clearly separate them; overlap is a conservative check): {', '.join(both) if both else 'none'} "
                  f"({len(ov)} pair(s) with two or more generalised runs on each side; "
                  f"{len(P.variance_seeds)} seeds per fraction).")
 else:
