@@ -105,6 +105,33 @@ def _ci(lo: float, hi: float, fmt: str = ".0f") -> str:
     return "–" if not np.isfinite([lo, hi]).all() else f"[{lo:{fmt}}, {hi:{fmt}}]"
 
 
+def _signed(x: float, fmt: str) -> str:
+    """A number as the claims table prints it, with a true minus sign."""
+    return f"{x:{fmt}}".replace("-", "−")
+
+
+def _paper_figures() -> dict[str, str]:
+    """The paper's figure beside each claim, formed from :mod:`phaselib.published` (one source)."""
+    t1, t2 = published.TABLE1, published.TABLE2.sort_values("frac")
+    mod, reg = t1[t1["task"] == "modular"], t1[t1["task"] == "regression"]
+    seeds = len(published.SEEDS)
+    reg_lags = sorted(set(reg["lag"]))
+    half = float(t2.loc[np.isclose(t2["frac"], 0.5), "mean"].iloc[0])
+    return {
+        "precede": f"all runs ({len(mod)} primary + {len(t2) * seeds} seed runs)",
+        "mean": f"{t2['mean'].min():.0f}–{t2['mean'].max():.0f} ({seeds} seeds)",
+        "monotone": " > ".join(f"{m:.0f}" for m in t2["mean"]),
+        "regression": (f"{_signed(reg_lags[0], '.0f')} (all {len(reg)})" if len(reg_lags) == 1 else
+                       f"{_signed(reg_lags[0], '.0f')} to {_signed(reg_lags[-1], '.0f')}"),
+        "pearson": f"{_signed(mod['pearson_r'].min(), '.2f')} to {_signed(mod['pearson_r'].max(), '.2f')}",
+        "half_lag": (f"{float(mod.loc[np.isclose(mod['frac'], 0.5), 'lag'].iloc[0]):.0f} (seed "
+                     f"{published.PRIMARY_SEED}); mean {half:.0f} ({seeds} seeds)"),
+    }
+
+
+PAPER = _paper_figures()
+
+
 PAPER_HORIZON = 3000
 """The longest horizon the paper trains (epochs); runs longer than this test what it could not see."""
 
@@ -133,7 +160,7 @@ def claim_precede_all(summary: pd.DataFrame, operation: str = "add") -> Claim:
     k, n = int((gen["lag"] > 0).sum()), len(gen)
     lo, hi = clopper_pearson(k, n)
     if operation == "add":
-        text, paper = "gradient peaks precede the test transition in all modular-addition runs", "all runs (3 primary + 9 seed runs)"
+        text, paper = "gradient peaks precede the test transition in all modular-addition runs", PAPER["precede"]
     else:
         text, paper = f"extension: gradient peaks precede the test transition in all modular-{OP_NAMES.get(operation, operation)} runs", "not studied"
     if n == 0:
@@ -206,7 +233,7 @@ def claim_mean_positive(summary: pd.DataFrame, operation: str = "add") -> Claim:
     text = "the mean lag is positive at every fraction"
     testable = t[t["n_generalised"] > 0]
     if len(testable) == 0:
-        return Claim(text, "54–642", "no fraction with a generalised run", "–", UNTESTABLE, "nothing generalised")
+        return Claim(text, PAPER["mean"], "no fraction with a generalised run", "–", UNTESTABLE, "nothing generalised")
     ours = "; ".join(f"{r.frac:.0%}: {r.mean_lag:.0f} (n={r.n_generalised}/{r.n})" for r in testable.itertuples())
     cis = "; ".join(f"{r.frac:.0%}: {_ci(r.ci_low, r.ci_high)}" for r in testable.itertuples())
     missing = t[t["n_generalised"] == 0]
@@ -215,12 +242,12 @@ def claim_mean_positive(summary: pd.DataFrame, operation: str = "add") -> Claim:
     def fracs(rows: pd.DataFrame) -> str:
         return ", ".join(f"{f:.0%}" for f in rows["frac"])
     if (testable["mean_lag"] <= 0).any():
-        return Claim(text, "54–642 (3 seeds)", ours, cis, FAILS, "a mean lag ≤ 0 at " + fracs(testable[testable["mean_lag"] <= 0]))
+        return Claim(text, PAPER["mean"], ours, cis, FAILS, "a mean lag ≤ 0 at " + fracs(testable[testable["mean_lag"] <= 0]))
     gaps = ([f"no run generalised at {fracs(missing)}"] if len(missing) else []) + \
         ([f"the CI includes 0 (or n < 2) at {fracs(open_ci)}"] if len(open_ci) else [])
     if not gaps:
-        return Claim(text, "54–642 (3 seeds)", ours, cis, HOLDS, "every fraction's CI lies above 0")
-    return Claim(text, "54–642 (3 seeds)", ours, cis, PARTLY, "every mean is positive, but " + "; ".join(gaps))
+        return Claim(text, PAPER["mean"], ours, cis, HOLDS, "every fraction's CI lies above 0")
+    return Claim(text, PAPER["mean"], ours, cis, PARTLY, "every mean is positive, but " + "; ".join(gaps))
 
 
 def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
@@ -228,12 +255,12 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
     gen = m[m["generalised"]]
     text = "lag decreases monotonically with the data fraction"
     if gen["frac"].nunique() < 2:
-        return Claim(text, "642 > 199 > 54", "fewer than 2 fractions with generalised runs", "–", UNTESTABLE,
+        return Claim(text, PAPER["monotone"], "fewer than 2 fractions with generalised runs", "–", UNTESTABLE,
                      "needs generalised runs at two fractions or more")
     means = gen.groupby("frac")["lag"].mean().sort_index()
     rho, p, how = spearman_test(gen["frac"].to_numpy(), gen["lag"].to_numpy())
     if how == "undefined":
-        return Claim(text, "642 > 199 > 54", "no rank correlation (a constant or missing lag)", "–", UNTESTABLE,
+        return Claim(text, PAPER["monotone"], "no rank correlation (a constant or missing lag)", "–", UNTESTABLE,
                      "the lags of the generalised runs give no rank correlation")
     lo, hi = spearman_ci(rho, len(gen))
     strictly = bool(np.all(np.diff(means.to_numpy()) < 0))
@@ -246,7 +273,7 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
                                    f"the rank correlation is not significant (p = {p:.2g}, {how})")
     else:
         verdict, reason = FAILS, "lag does not fall with the fraction"
-    return Claim(text, "642 > 199 > 54", ours, _ci(lo, hi, ".2f") + " (ρ, Fisher z 95%)", verdict, reason)
+    return Claim(text, PAPER["monotone"], ours, _ci(lo, hi, ".2f") + " (ρ, Fisher z 95%)", verdict, reason)
 
 
 def peaks_at_search_start(rows: pd.DataFrame) -> bool:
@@ -263,7 +290,7 @@ def claim_regression(summary: pd.DataFrame) -> Claim:
     reg = summary[summary["task"] == "regression"].drop_duplicates("run")
     text = "the regression control shows no positive lag"
     if len(reg) == 0:
-        return Claim(text, "−60 (all 3)", "no regression run", "–", UNTESTABLE, "no control in this sweep")
+        return Claim(text, PAPER["regression"], "no regression run", "–", UNTESTABLE, "no control in this sweep")
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
     holds, few = every_run(len(reg) - k, len(reg))
@@ -272,7 +299,7 @@ def claim_regression(summary: pd.DataFrame) -> Claim:
         reason += ("; every control's gradient peak is the first epoch the peak search sees (its norm falls from "
                    "the start), so the peak, and with it the lag, is set by the skipped early epochs, not measured")
     span = f"{reg['lag'].min():.0f}" + (f" to {reg['lag'].max():.0f}" if reg["lag"].max() > reg["lag"].min() else "")
-    return Claim(text, "−60 (all 3)", f"lag{'s' if len(reg) > 1 else ''} {span}; {k}/{len(reg)} positive",
+    return Claim(text, PAPER["regression"], f"lag{'s' if len(reg) > 1 else ''} {span}; {k}/{len(reg)} positive",
                  _ci(lo, hi, ".2f") + " (share positive, exact 95%)",
                  FAILS if k else HOLDS if holds else PARTLY, reason)
 
@@ -284,7 +311,7 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     m = _modular(summary, operation)
     text = "Pearson r strongly negative" + ("" if operation == "add" else f" (extension: {OP_NAMES.get(operation, operation)})")
     if m["pearson_r"].notna().sum() == 0:
-        return Claim(text, "−0.93 to −0.66", "no modular run", "–", UNTESTABLE, "")
+        return Claim(text, PAPER["pearson"], "no modular run", "–", UNTESTABLE, "")
     judged = m[m["epochs"] == PAPER_HORIZON] if operation == "add" else m
     testable = bool(judged["pearson_r"].notna().any())
     shown = judged if testable else m
@@ -296,13 +323,13 @@ def claim_pearson(summary: pd.DataFrame, operation: str = "add") -> Claim:
     lo, hi, cover = median_ci(r)
     ci = _ci(lo, hi, ".2f") + (f" (median, order statistics, {cover:.0%} coverage)" if np.isfinite(cover) else "")
     if not testable:
-        return Claim(text, "−0.93 to −0.66", ours, ci, UNTESTABLE,
+        return Claim(text, PAPER["pearson"], ours, ci, UNTESTABLE,
                      f"no run of the paper's {PAPER_HORIZON} epochs, and r over a whole run depends on its length")
     holds, few = every_run(strong, len(r))
     verdict = HOLDS if holds else PARTLY if np.median(r) <= -0.5 else FAILS
     reason = ("strong (r ≤ −0.5) in every run judged" if strong == len(r) else
               f"{len(r) - strong} run(s) weaker than −0.5") + few
-    return Claim(text, "−0.93 to −0.66", ours, ci, verdict, reason)
+    return Claim(text, PAPER["pearson"], ours, ci, verdict, reason)
 
 
 def claim_half_never(summary: pd.DataFrame) -> Claim:
@@ -348,7 +375,7 @@ def claim_half_lag(summary: pd.DataFrame) -> Claim:
     m = _modular(summary)
     half = m[np.isclose(m["frac"], 0.5) & m["generalised"]]
     text = "at 50% the gradient peak leads the transition by ~640–700 epochs"
-    paper = "699 (seed 42); mean 642 (3 seeds)"
+    paper = PAPER["half_lag"]
     if len(half) == 0:
         n = int(np.isclose(m["frac"], 0.5).sum())
         return Claim(text, paper, f"0 of {n} runs at 50% generalised", "–", UNTESTABLE,

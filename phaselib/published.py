@@ -10,6 +10,10 @@ import pandas as pd
 SOURCE = ("Du & Ji (2026), 'Gradient Norm Phase Transitions as Early Indicators of Generalization "
           "in Grokking', paper 2603.00392, Tables 1-2 (torch 2.6.0, Apple Silicon)")
 
+#: The primary sweep's seed (Table 1) and the seed-variance seeds (Table 2).
+PRIMARY_SEED = 42
+SEEDS = (42, 123, 7)
+
 #: Table 1: (task, frac) -> grad peak, metric transition, lag, Pearson r.
 TABLE1 = pd.DataFrame(
     [("modular", 0.5, 562, 1261, 699, -0.929), ("modular", 0.7, 501, 693, 192, -0.821),

@@ -278,3 +278,15 @@ def test_mean_positive_names_every_gap():
 def test_one_control_lag_is_not_printed_as_a_range():
     row = _row(claims_table(summary({0.7: [190, 180, 220]}, reg_lags=(-24,))), "the regression control")
     assert row["ours"].startswith("lag -24; 0/1 positive")
+
+
+def test_the_papers_figures_come_from_published(monkeypatch):
+    """The 'paper' column quotes phaselib.published: the abstract's figures, and any change there."""
+    from phaselib import claims, published
+    assert claims.PAPER == {"precede": "all runs (3 primary + 9 seed runs)", "mean": "54–642 (3 seeds)",
+                            "monotone": "642 > 199 > 54", "regression": "−60 (all 3)", "pearson": "−0.93 to −0.66",
+                            "half_lag": "699 (seed 42); mean 642 (3 seeds)"}
+    t2 = published.TABLE2.copy()
+    t2.loc[t2["frac"] == 0.7, "mean"] = 250.0
+    monkeypatch.setattr(published, "TABLE2", t2)
+    assert claims._paper_figures()["monotone"] == "642 > 250 > 54"
