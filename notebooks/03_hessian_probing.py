@@ -107,7 +107,8 @@ show(alarms.drop(columns=["task"]), name="signal_alarms", out_dir=P.out_dir)
 # signal can move as claimed while the recipe misses it. (The change-point reading of B_simple
 # was added after the recipe was seen to stay silent through a fall the trajectories show; both
 # readings stay in the table, and the last section measures the fall itself.) Runs without a
-# transition (the regression control, and modular runs that never generalised) show whether an
+# transition (the regression control, whose R² passes the threshold within its first epochs: a
+# fit, not a delayed transition; and modular runs that never generalised) show whether an
 # alarm is specific: one there, in the predicted direction, is a false alarm, and a claim whose
 # detector fires so on half of either kind holds at most partly.
 # A claim about every run holds only when there are enough runs to show it for most of them: the
@@ -127,8 +128,9 @@ say(f"Judged on {n_mod} probed modular run(s) and {len(records) - n_mod} control
 # %% [markdown]
 # ## How far B_simple falls
 # The verdicts judge steps and alarms; a signal can also fall gradually, which neither reports.
-# Per run: the largest fall of B_simple before the generalisation event (over the whole run for
-# runs without one), from a probe to a later one, as a factor (the maximum drawdown).
+# Per run: the largest fall of B_simple from a probe to a later one, as a factor (the maximum
+# drawdown), after the start-up transient that the change points also leave out, and before the
+# generalisation event of a modular run (over the rest of the run for runs without a transition).
 
 # %% tags=["nbval-check-output"]
 falls = fall_table(records, "b_simple", P.threshold)

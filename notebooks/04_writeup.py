@@ -268,7 +268,7 @@ lines = [f"- {n_gen} of {len(mod)} modular runs generalised; the others' lags ar
          + (f"{near} of the {len(mod)} end within {NEAR_THRESHOLD} of the threshold ({P.threshold}): theirs are the "
             "most fragile verdicts." if near else
             f"None ends within {NEAR_THRESHOLD} of the threshold ({P.threshold})."),
-         f"- Of {len(claims)} claims: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "."]
+         f"- Of the paper's {len(claims)} claims: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + "."]
 lines += [f"  - *{c.claim}*: **{c.verdict}** — {c.reason}." for c in claims.itertuples()]
 lines += [f"- Probed signal, *{v.claim}*: **{v.verdict}** — {v.reason}." for v in signal_verdicts.itertuples()]
 if len(ranked):

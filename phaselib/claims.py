@@ -59,6 +59,14 @@ def every_run(k: int, n: int) -> tuple[bool, str]:
                    f"down to {clopper_pearson(k, n)[0]:.2f})")
 
 
+def too_few_against(k: int, n: int) -> str:
+    """The clause a "does not hold" reason adds when k of n runs are too few to show that most runs
+    lack it (the exact 95% CI of the share still reaches 1/2), else ""."""
+    hi = clopper_pearson(k, n)[1]
+    return (f", but {n} run(s) are too few to show it for fewer than half of the runs (the share's exact 95% CI "
+            f"reaches up to {hi:.2f})") if n and hi >= 0.5 else ""
+
+
 EXACT_SPEARMAN_MAX_N = 9
 """Up to this many points Spearman's p is exact (every pairing: 9! = 362 880, about half a second);
 beyond, the t approximation."""
@@ -167,7 +175,8 @@ def claim_precede_all(summary: pd.DataFrame, operation: str = "add") -> Claim:
         return Claim(text, paper, f"0 of {len(m)} runs generalised", "–", UNTESTABLE, "no run generalised")
     holds, few = every_run(k, n)
     verdict = HOLDS if holds else PARTLY if k > n / 2 else FAILS
-    reason = (f"{n - k} generalised run(s) with lag ≤ 0" if k < n else "every generalised run has a positive lag") + few
+    reason = (f"{n - k} generalised run(s) with lag ≤ 0" if k < n else "every generalised run has a positive lag") + \
+        (too_few_against(k, n) if verdict == FAILS else few)
     return Claim(text, paper, f"{k}/{n} generalised runs lead ({len(m) - n} did not generalise)",
                  _ci(lo, hi, ".2f") + " (share, exact 95%)", verdict, reason)
 
@@ -269,8 +278,11 @@ def claim_monotone(summary: pd.DataFrame, operation: str = "add") -> Claim:
     if strictly and rho < 0 and p < 0.05:
         verdict, reason = HOLDS, "means strictly decrease and the rank correlation is significantly negative"
     elif rho < 0:
+        floor = how.endswith(f"smallest attainable p {p:.2g}")
         verdict, reason = PARTLY, ("means not strictly decreasing" if not strictly else
-                                   f"the rank correlation is not significant (p = {p:.2g}, {how})")
+                                   f"the rank correlation is not significant (p = {p:.2g}, {how})"
+                                   + ("; the lags are in the most extreme order these points allow, so the runs "
+                                      "are too few (or the fractions too few) to reach p < 0.05" if floor else ""))
     else:
         verdict, reason = FAILS, "lag does not fall with the fraction"
     return Claim(text, PAPER["monotone"], ours, _ci(lo, hi, ".2f") + " (ρ, Fisher z 95%)", verdict, reason)
@@ -284,23 +296,26 @@ def peaks_at_search_start(rows: pd.DataFrame) -> bool:
 
 
 def claim_regression(summary: pd.DataFrame) -> Claim:
-    """No control run leads; when every control's gradient peak is the first epoch the peak search
-    sees (``gnorm_search_start_epoch``: its norm falls from the start), the reason says that the
-    peak, and with it the lag, is set by the skip window."""
+    """No control run leads. When every control's gradient peak is the first epoch the peak search
+    sees (``gnorm_search_start_epoch``: its norm falls from the start) and none leads, the lag is
+    the metric transition (before the search starts) minus that epoch: negative by construction,
+    set by the skip window, not measured, so the claim is not testable on these runs."""
     reg = summary[summary["task"] == "regression"].drop_duplicates("run")
     text = "the regression control shows no positive lag"
     if len(reg) == 0:
         return Claim(text, PAPER["regression"], "no regression run", "–", UNTESTABLE, "no control in this sweep")
     k = int((reg["lag"] > 0).sum())
     lo, hi = clopper_pearson(k, len(reg))
+    span = f"{reg['lag'].min():.0f}" + (f" to {reg['lag'].max():.0f}" if reg["lag"].max() > reg["lag"].min() else "")
+    ours = f"lag{'s' if len(reg) > 1 else ''} {span}; {k}/{len(reg)} positive"
+    if peaks_at_search_start(reg) and k == 0:
+        return Claim(text, PAPER["regression"], ours, "–", UNTESTABLE,
+                     "every control's gradient peak is the first epoch the peak search sees (its norm falls from the "
+                     "start) and its metric transition comes earlier, so its lag ≤ 0 is set by the skipped early "
+                     "epochs, not measured")
     holds, few = every_run(len(reg) - k, len(reg))
     reason = ("no control run has a positive lag" if k == 0 else f"{k} control run(s) lead") + few
-    if peaks_at_search_start(reg):
-        reason += ("; every control's gradient peak is the first epoch the peak search sees (its norm falls from "
-                   "the start), so the peak, and with it the lag, is set by the skipped early epochs, not measured")
-    span = f"{reg['lag'].min():.0f}" + (f" to {reg['lag'].max():.0f}" if reg["lag"].max() > reg["lag"].min() else "")
-    return Claim(text, PAPER["regression"], f"lag{'s' if len(reg) > 1 else ''} {span}; {k}/{len(reg)} positive",
-                 _ci(lo, hi, ".2f") + " (share positive, exact 95%)",
+    return Claim(text, PAPER["regression"], ours, _ci(lo, hi, ".2f") + " (share positive, exact 95%)",
                  FAILS if k else HOLDS if holds else PARTLY, reason)
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .claims import clopper_pearson, every_run
+from .claims import clopper_pearson, every_run, too_few_against
 from .detect import changepoint, curvature, online
 from .detect.offline import generalisation_epoch
 from .evaluate import fires_too_often
@@ -156,6 +156,8 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
         loud = [kind for kind, g in null.items() if fires_too_often(fa[kind], len(g))]
         holds, few = every_run(k, n)
         verdict = UNTESTABLE if n == 0 else HOLDS if holds and not loud else PARTLY if k else FAILS
+        if verdict == FAILS:
+            few = too_few_against(k, n)
         # (every run, but too few runs; or it fires as often without a transition: not specific)
         counts = ", ".join(f"{kind} {fa[kind]}/{len(g)}" for kind, g in null.items() if len(g))
         leads = mod.loc[mod["supports"], "lead"]
@@ -195,8 +197,11 @@ def largest_fall(values: np.ndarray) -> tuple[float, int | None, int | None]:
 
 
 def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold: float = 0.5) -> pd.DataFrame:
-    """Per run: the largest fall of ``signal`` (:func:`largest_fall`) before the run's generalisation
-    event (over the whole run for runs without one), its peak and trough epochs, and the event."""
+    """Per run: the largest fall of ``signal`` (:func:`largest_fall`) after the start-up transient
+    (the first ``changepoint.TRANSIENT_FRAC`` of its samples, as :func:`first_step` leaves out) and
+    before the generalisation event of a modular run that generalised; over the rest of the run for
+    runs without a transition (the regression control, whose R² passes the threshold within its
+    first epochs, is one); its peak and trough epochs, and the event."""
     rows = []
     for rec in records:
         metric = rec.series("test_metric")
@@ -204,7 +209,8 @@ def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold
         event = None if gi is None else int(metric.index[gi])
         s = rec.series(signal)
         s = s[np.isfinite(s.to_numpy())]
-        before = s[s.index < event] if event is not None else s
+        s = s.iloc[math.ceil(changepoint.TRANSIENT_FRAC * len(s)):]
+        before = s[s.index < event] if event is not None and rec.config.task == "modular" else s
         factor, peak, trough = largest_fall(before.to_numpy())
         rows.append({"run": rec.config.label, "task": rec.config.task, "event_epoch": event,
                      "largest fall (x)": factor,
@@ -221,9 +227,9 @@ def fall_summary(falls: pd.DataFrame) -> str:
     def spread(f: pd.Series) -> str:
         return (f"median x{f.median():.1f} (x{f.min():.1f} to x{f.max():.1f})" if len(f) > 1 else
                 f"x{f.iloc[0]:.1f}" if len(f) else "no run")
-    return (f"largest fall before the event in the {int(gen.sum())} generalised run(s): "
-            f"{spread(falls.loc[gen, 'largest fall (x)'])}; over the whole run in the {int((~gen).sum())} run(s) "
-            f"without a transition: {spread(falls.loc[~gen, 'largest fall (x)'])}")
+    return (f"largest fall after the start-up, before the event, in the {int(gen.sum())} generalised run(s): "
+            f"{spread(falls.loc[gen, 'largest fall (x)'])}; after the start-up, over the rest of the run, in the "
+            f"{int((~gen).sum())} run(s) without a transition: {spread(falls.loc[~gen, 'largest fall (x)'])}")
 
 
 def _trace_z(t: pd.DataFrame) -> np.ndarray:

@@ -206,7 +206,10 @@ def test_a_control_lag_set_by_the_skip_window_says_so():
     assert "skipped early epochs" not in _row(claims_table(s), "the regression control")["reason"]
     s["gnorm_search_start_epoch"] = 12  # the controls' peak (12) is the first epoch the search sees
     reg = _row(claims_table(s), "the regression control")
-    assert reg["verdict"] == PARTLY and "set by the skipped early epochs" in reg["reason"]  # one control: too few
+    assert reg["verdict"] == UNTESTABLE and "set by the skipped early epochs, not measured" in reg["reason"]
+    s.loc[s["run"] == "r0.7", "lag"] = 30  # a control that leads is a finding whatever the window
+    assert _row(claims_table(s), "the regression control")["verdict"] == FAILS
+    s.loc[s["run"] == "r0.7", "lag"] = -12
     s.loc[s["run"] == "r0.7", "gnorm_search_start_epoch"] = 6
     assert "skipped early epochs" not in _row(claims_table(s), "the regression control")["reason"]
 
