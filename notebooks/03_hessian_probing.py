@@ -107,9 +107,9 @@ show(alarms.drop(columns=["task"]), name="signal_alarms", out_dir=P.out_dir)
 # signal can move as claimed while the recipe misses it. (The change-point reading of B_simple
 # was added after the recipe was seen to stay silent through a fall the trajectories show; both
 # readings stay in the table, and the last section measures the fall itself.) Runs without a
-# transition (the regression control, whose R² passes the threshold within its first epochs: a
-# fit, not a delayed transition; and modular runs that never generalised) show whether an
-# alarm is specific: one there, in the predicted direction, is a false alarm, and a claim whose
+# transition (the regression control, a task without delayed generalisation, whose R² passing
+# the threshold is a fit, not a transition; and modular runs that never generalised) show whether
+# an alarm is specific: one there, in the predicted direction, is a false alarm, and a claim whose
 # detector fires so on half of either kind holds at most partly.
 # A claim about every run holds only when there are enough runs to show it for most of them: the
 # exact 95% CI of the supporting share must lie above 1/2 (6 of 6 runs do; 5 of 5 leave 0.48).

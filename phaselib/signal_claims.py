@@ -33,7 +33,6 @@ hold partly, with the reason saying so.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -76,7 +75,7 @@ def first_step(values: np.ndarray, direction: str) -> tuple[int | None, str | No
     start-up is never the level a step is measured from) that steps in ``direction`` ("up": the
     segment it opens has the larger mean than the one it closes), else the first one, with its
     step's direction; indices into ``values``; (None, None) without one."""
-    start = math.ceil(changepoint.TRANSIENT_FRAC * len(values))
+    start = changepoint.transient_len(len(values))
     rest = values[start:]
     cp = changepoint.detect(rest, transient=0)
     if not cp.indices:
@@ -169,13 +168,12 @@ def verdicts(alarms: pd.DataFrame) -> pd.DataFrame:
                      "never-generalised alarms": f"{fa['never-generalised']}/{len(null['never-generalised'])}",
                      "verdict": verdict,
                      "reason": ("no probed modular run generalised" if n == 0 else
-                                f"{k} of {n} generalised runs alarm {c.direction} before the event"
+                                f"{k} of {n} generalised runs alarm {c.direction} before the event" + few
                                 + (f"; but runs without a transition alarm too ({counts}), so it is not specific "
                                    "to grokking" if loud else f"; runs without a transition alarm too ({counts})"
                                    if sum(fa.values()) else "")
                                 + (f"; {other} alarm(s) in the other direction on runs without a transition, "
-                                   "not counted" if other else "")
-                                + few.replace(", but", "; but", 1))})
+                                   "not counted" if other else ""))})
     return pd.DataFrame(rows)
 
 
@@ -198,10 +196,10 @@ def largest_fall(values: np.ndarray) -> tuple[float, int | None, int | None]:
 
 def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold: float = 0.5) -> pd.DataFrame:
     """Per run: the largest fall of ``signal`` (:func:`largest_fall`) after the start-up transient
-    (the first ``changepoint.TRANSIENT_FRAC`` of its samples, as :func:`first_step` leaves out) and
-    before the generalisation event of a modular run that generalised; over the rest of the run for
-    runs without a transition (the regression control, whose R² passes the threshold within its
-    first epochs, is one); its peak and trough epochs, and the event."""
+    (``changepoint.transient_len``, as :func:`first_step` leaves out) and before the generalisation
+    event of a modular run that generalised; over the rest of the run for runs without a transition
+    (the regression control is one: its task has no delayed generalisation, so its event, when its R²
+    passes the threshold, is no cut-off); its peak and trough epochs, and the event."""
     rows = []
     for rec in records:
         metric = rec.series("test_metric")
@@ -209,7 +207,7 @@ def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold
         event = None if gi is None else int(metric.index[gi])
         s = rec.series(signal)
         s = s[np.isfinite(s.to_numpy())]
-        s = s.iloc[math.ceil(changepoint.TRANSIENT_FRAC * len(s)):]
+        s = s.iloc[changepoint.transient_len(len(s)):]
         before = s[s.index < event] if event is not None and rec.config.task == "modular" else s
         factor, peak, trough = largest_fall(before.to_numpy())
         rows.append({"run": rec.config.label, "task": rec.config.task, "event_epoch": event,

@@ -110,6 +110,12 @@ class CostNormalPrefix(_PrefixCost):
         return n * math.log(var + NORMAL_EPS)
 
 
+def transient_len(n: int) -> int:
+    """Samples of the start-up transient of an n-sample series: the first ``TRANSIENT_FRAC`` of it,
+    rounded up (change points within it are not the transition)."""
+    return math.ceil(TRANSIENT_FRAC * n)
+
+
 def default_penalty(n_points: int, cost: str = "l2") -> float:
     """``PENALTY_C[cost] * log(n_points)`` for ``n_points`` candidate positions; see the module
     docstring for the constants."""
@@ -158,7 +164,7 @@ def detect(series: np.ndarray, method: str = "pelt", cost: str = "l2",
     n = len(x)
     f = downsample_factor(n, max_points)
     min_size = _int_param("min_size", MIN_POINTS * f if min_size is None else min_size, 1)
-    transient = _int_param("transient", math.ceil(TRANSIENT_FRAC * n) if transient is None
+    transient = _int_param("transient", transient_len(n) if transient is None
                            else transient, 0)
     m = math.ceil(n / f)
     pen = default_penalty(m, cost) if penalty is None else float(penalty)
