@@ -35,9 +35,19 @@ which leaves the softmax, gather, scatter and optimiser free. How near the C ker
 unpadded, with the bias unit as a 65th hidden unit in the logits and dW2) at one core's peak /
 fused_step_ms: the share of the step that is matmul at full speed.
 
+Where the rest of the step goes: ``phase_ms`` times each phase of that step (hidden layer, logits,
+softmax, dW2, dh, scatter-add) in a build of kernels.c with ``-DKERNEL_PHASE_TIMING`` (the same
+code, a clock read around each phase of each block; ``timed_step_ms`` is that whole call), and
+``phase_peak_fraction`` gives each matmul's share of one core's peak. ``step_floor_ms`` = the
+matmuls' FLOPs at that peak + the elementwise phases as measured (``elementwise_ms``): the step
+with its matmuls at the peak and its elementwise work as it is. ``max_speedup_at_step_floor``
+= reference / (step_floor_ms / threads): the speedup if the cores split that step evenly and
+nothing outside it (optimiser, norms, hand-offs between threads) cost anything.
+
 JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``,
 ``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share``, ``fma_peak_gflops``, ``peak_ms``,
-``max_speedup_at_fma_peak``, ``fused_step_ms``, ``fused_peak_fraction`` and ``gemm_gflops`` (=
+``max_speedup_at_fma_peak``, ``fused_step_ms``, ``fused_peak_fraction``, ``phase_ms``,
+``phase_peak_fraction``, ``elementwise_ms``, ``step_floor_ms``, ``max_speedup_at_step_floor`` and ``gemm_gflops`` (=
 ``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts the FLOPs of the
 padded shapes above (the engine's real work; train_throughput.py counts the unpadded model's,
 64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's figures, with
@@ -46,8 +56,12 @@ padded shapes above (the engine's real work; train_throughput.py counts the unpa
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import sys
+import tempfile
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -85,11 +99,12 @@ def floor_ms(N: int, n: int, H: int, p: int, threads: int, seconds: float) -> di
             "per_gemm_ms_all_threads": one_each}
 
 
-def fused_step_call(cfg: RunConfig) -> list[Callable[[], object]]:
+def fused_step_call(cfg: RunConfig, lib: ctypes.CDLL | None = None) -> list[Callable[[], object]]:
     """One run's whole fused modular step (``kernels.modular_rows`` over every row of the table, in
     one call on the calling thread) on random weights. This is the tested Python wrapper, which
     also checks the indices, pads W2 and allocates its scratch on every call (the engine keeps
-    its buffers and calls the C function directly), so the time is a little above the engine's."""
+    its buffers and calls the C function directly), so the time is a little above the engine's.
+    ``lib``: the build to call (default: the engine's)."""
     d = make_dataset(cfg)
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
     g = torch.Generator().manual_seed(0)
@@ -99,7 +114,42 @@ def fused_step_call(cfg: RunConfig) -> list[Callable[[], object]]:
     W2T = torch.full((H + 1, padded_classes(p)), -torch.inf)
     W2T[:, :p] = torch.randn(H + 1, p, generator=g)
     out = torch.empty(H + 1, p), torch.empty(2 * p, H), torch.empty(H), torch.empty(N), torch.empty(N, dtype=torch.bool)
-    return [lambda: kernels.modular_rows(E, W2T, a, b + p, (a + b) % p, 0, N, n, EXP_FLOOR, *out)]
+    return [lambda: kernels.modular_rows(E, W2T, a, b + p, (a + b) % p, 0, N, n, EXP_FLOOR, *out, lib=lib)]
+
+
+PHASES = ("hidden layer", "logits", "softmax", "dW2", "dh", "scatter-add")
+"""The phases of ``modular_rows``' block loop, in kernels.c's ``PHASE`` order."""
+
+
+def phase_flops(N: int, n: int, H: int, p: int) -> dict[str, int]:
+    """FLOPs per step of the phases that are matmuls (the kernel's: p classes, the bias as unit H + 1)."""
+    return {"logits": 2 * N * (H + 1) * p, "dW2": 2 * n * (H + 1) * p, "dh": 2 * n * p * H}
+
+
+@lru_cache(maxsize=None)
+def timing_kernels() -> ctypes.CDLL:
+    """kernels.c built with ``-DKERNEL_PHASE_TIMING``: ``modular_rows`` adds each phase's seconds
+    to ``kernel_phase_s``. Built in a temporary directory, removed once the library is loaded."""
+    with tempfile.TemporaryDirectory(prefix="phaselib_phases_") as tmp:
+        return kernels._load(str(kernels.build(Path(tmp), ("-DKERNEL_PHASE_TIMING",))))
+
+
+def phase_ms(cfg: RunConfig, seconds: float) -> tuple[dict[str, float], float]:
+    """Ms per step of each phase of one run's fused step on the calling thread (the timing build,
+    mean over calls for about ``seconds`` after a warm-up), and of the whole timed call (which
+    also holds the wrapper's checks and copies, so the phases sum to less)."""
+    lib = timing_kernels()
+    acc = (ctypes.c_double * len(PHASES)).in_dll(lib, "kernel_phase_s")
+    (step,) = fused_step_call(cfg, lib)
+    step()
+    acc[:] = [0.0] * len(PHASES)
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        if (spent := time.perf_counter() - t0) >= seconds:
+            break
+    return {name: acc[i] / calls * 1e3 for i, name in enumerate(PHASES)}, spent / calls * 1e3
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -119,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     N, n, H, p = d.n_total, len(d.train_idx), cfg.width, d.out_dim
     flop = 2 * N * (H + 1) * padded_classes(p) + 2 * n * (H + 1) * p + 2 * n * p * H
     useful = run_epoch_flops(cfg)
-    kernel_flop = 2 * (N + n) * (H + 1) * p + 2 * n * p * H
+    mm_flop = phase_flops(N, n, H, p)
+    kernel_flop = sum(mm_flop.values())
     native = kernels.library() is not None
     copies = [cfg.replace(seed=42 + k, engine="batched") for k in range(max(1, threads))]
     train_reference(cfg.replace(epochs=3))  # warm both paths (allocator, first kernel calls, C kernels' build)
@@ -134,7 +185,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         fma = fma_peak_gflops(threads, 0.3)
         peak, peak_ms = fma["all_cores"], useful / fma["all_cores"] / 1e6
         fused_ms = ms_per_pass(lambda: fused_step_call(cfg), args.seconds / 2) if native else float("nan")
-        reps.append({"reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms, **f,
+        phases, timed_ms = phase_ms(cfg, args.seconds / 2) if native else ({k: float("nan") for k in PHASES}, 0.0)
+        mm_at_peak = {k: mm_flop[k] / fma["one_core"] / 1e6 for k in mm_flop}
+        elementwise_ms = sum(v for k, v in phases.items() if k not in mm_flop)
+        step_floor_ms = sum(mm_at_peak.values()) + elementwise_ms
+        reps.append({"phase_ms": phases, "timed_step_ms": timed_ms,
+                     "phase_peak_fraction": {k: mm_at_peak[k] / phases[k] for k in mm_flop},
+                     "elementwise_ms": elementwise_ms, "step_floor_ms": step_floor_ms,
+                     "max_speedup_at_step_floor": ref_ms / (step_floor_ms / threads), "reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms, **f,
                      "max_speedup": ref_ms / f["floor_ms"], "speedup": ref_ms / bat_ms,
                      "gemm_share": f["floor_ms"] / bat_ms, "gemm_gflops": flop / f["floor_ms"] / 1e6,
                      "fma_peak_gflops": peak, "peak_ms": peak_ms, "max_speedup_at_fma_peak": ref_ms / peak_ms,
@@ -145,9 +203,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{f['floor_ms'] / bat_ms:.2f}; FMA peak {peak:.0f} GFLOP/s -> useful FLOPs alone {peak_ms:.2f} ms "
               f"(x{ref_ms / peak_ms:.1f}); fused step on one core {fused_ms:.2f} ms, "
               f"{kernel_flop / fma['one_core'] / 1e6 / fused_ms:.2f} of it matmul at peak", flush=True)
+        print("  its phases (timing build, ms; matmuls: share of the core's peak): " + ", ".join(
+            f"{k} {v:.3f}" + (f" ({mm_at_peak[k] / v:.2f})" if k in mm_flop else "") for k, v in phases.items())
+            + f"; with the matmuls at peak the step would take {step_floor_ms:.2f} ms -> x"
+            f"{ref_ms / (step_floor_ms / threads):.1f} on {threads} cores, if nothing outside it cost anything",
+            flush=True)
     med = medians(reps, ("reference_ms_per_run_epoch", "batched_ms_per_run_epoch", "floor_ms", "max_speedup",
                          "speedup", "gemm_share", "gemm_gflops", "fma_peak_gflops", "peak_ms",
-                         "max_speedup_at_fma_peak", "fused_step_ms", "fused_peak_fraction"))
+                         "max_speedup_at_fma_peak", "fused_step_ms", "fused_peak_fraction", "elementwise_ms",
+                         "step_floor_ms", "max_speedup_at_step_floor"))
+    med["phase_ms"] = medians([r["phase_ms"] for r in reps])
+    med["phase_peak_fraction"] = medians([r["phase_peak_fraction"] for r in reps])
     result = {"workload": f"p=97, width {H}, frac {args.frac}: N={N} table rows, n={n} train rows",
               "threads": threads, "gemm_gflop_per_run_epoch": flop / 1e9, "useful_gflop_per_run_epoch": useful / 1e9,
               "kernel_gflop_per_run_epoch": kernel_flop / 1e9,
@@ -159,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"x{med['speedup']:.1f}, and these GEMMs are {med['gemm_share']:.2f} of its time. At the cores' FMA peak "
           f"({med['fma_peak_gflops']:.0f} GFLOP/s) the useful {useful / 1e9:.3f} GFLOP take {med['peak_ms']:.2f} ms "
           f"(x{med['max_speedup_at_fma_peak']:.1f} the reference, if nothing else cost anything); one run's fused step "
-          f"takes {med['fused_step_ms']:.2f} ms on one core, {med['fused_peak_fraction']:.2f} of it matmul at peak")
+          f"takes {med['fused_step_ms']:.2f} ms on one core, {med['fused_peak_fraction']:.2f} of it matmul at peak; "
+          f"its elementwise phases take {med['elementwise_ms']:.2f} ms, so with its matmuls at peak it would take "
+          f"{med['step_floor_ms']:.2f} ms: x{med['max_speedup_at_step_floor']:.1f} the reference on {threads} cores, if "
+          "nothing outside the step (optimiser, norms, hand-offs between threads) cost anything")
     write_json(args.json, result)
     return result
 

@@ -402,6 +402,28 @@ void scatter_cols(const float *dhT, const float *hT, int64_t ld, const int64_t *
  * mapped to 4 of L1's 64 sets, and the logits' matmul and the softmax ran from L2). */
 static int64_t block_ld(int64_t block) { return (block + 7) / 8 * 8 + 16; }
 
+/* The phases of modular_rows' block loop, timed only in a build with -DKERNEL_PHASE_TIMING
+ * (benchmarks/engine_floor.py): PHASE(i, call) then adds the call's seconds to kernel_phase_s[i]
+ * (hidden layer, logits, softmax, dW2, dh, scatter-add; a plain global, so one call at a time).
+ * In the engine's build it is the call alone. */
+#ifdef KERNEL_PHASE_TIMING
+#include <time.h>
+double kernel_phase_s[6];
+static double phase_clock(void) { /* C11's clock (the build is -std=c11, without POSIX's) */
+    struct timespec t;
+    timespec_get(&t, TIME_UTC);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#define PHASE(i, call)                                                                                               \
+    do {                                                                                                             \
+        const double t0_ = phase_clock();                                                                            \
+        call;                                                                                                        \
+        kernel_phase_s[i] += phase_clock() - t0_;                                                                    \
+    } while (0)
+#else
+#define PHASE(i, call) call
+#endif
+
 /* Floats of scratch modular_rows needs per call (per worker) for blocks of `block` rows. */
 int64_t modular_scratch(int64_t p, int64_t width, int64_t block) {
     const int64_t ld = block_ld(block), K = width + 1;
@@ -436,14 +458,14 @@ void modular_rows(const float *E, const float *W2T, int64_t p, int64_t P8, int64
         const int64_t end = b0 < n_train && n_train < hi ? n_train : hi; /* train and test rows in separate blocks */
         const int64_t b = end - b0 < block ? end - b0 : block;
         const int64_t nt = b0 < n_train ? b : 0, nvec = (b + 7) / 8;
-        hidden_cols(E, K, ia + b0, ib + b0, b, hT, ld);
-        mm(p, nvec, K, W2T, 1, P8, hT, ld, zT, ld);
-        xent_cols(zT, ld, b, nt > 0, p, y + b0, floor_, sums ? sums + b0 : NULL, shift ? shift + b0 : NULL,
-                  correct ? correct + b0 : NULL);
+        PHASE(0, hidden_cols(E, K, ia + b0, ib + b0, b, hT, ld));
+        PHASE(1, mm(p, nvec, K, W2T, 1, P8, hT, ld, zT, ld));
+        PHASE(2, xent_cols(zT, ld, b, nt > 0, p, y + b0, floor_, sums ? sums + b0 : NULL,
+                           shift ? shift + b0 : NULL, correct ? correct + b0 : NULL));
         if (nt) {
-            lanes_acc(K, p, hT, zT, ld, nvec, lanes);
-            mm(width, nvec, p, W2T, P8, 1, zT, ld, dhT, ld); /* W2T's rows < width, read as W2^T */
-            scatter_cols(dhT, hT, ld, ia + b0, ib + b0, nt, width, dE, db1);
+            PHASE(3, lanes_acc(K, p, hT, zT, ld, nvec, lanes));
+            PHASE(4, mm(width, nvec, p, W2T, P8, 1, zT, ld, dhT, ld)); /* W2T's rows < width, read as W2^T */
+            PHASE(5, scatter_cols(dhT, hT, ld, ia + b0, ib + b0, nt, width, dE, db1));
         }
         b0 += b;
     }

@@ -69,10 +69,10 @@ def _compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-def _build_key(cc: str) -> str:
+def _build_key(cc: str, flags: tuple[str, ...]) -> str:
     """Hash of everything the binary depends on: source, flags, compiler version, CPU flags."""
     h = hashlib.sha256(SOURCE.read_bytes())
-    h.update(" ".join(FLAGS).encode())
+    h.update(" ".join(flags).encode())
     h.update(subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout.encode())
     try:
         cpu = Path("/proc/cpuinfo").read_text()
@@ -82,22 +82,25 @@ def _build_key(cc: str) -> str:
     return h.hexdigest()[:16]
 
 
-def build(dest: Path | None = None) -> Path:
+def build(dest: Path | None = None, defines: tuple[str, ...] = ()) -> Path:
     """Compile ``kernels.c`` (if its cached build is missing) and return the library's path.
 
-    Concurrent builders (a process-pool sweep) each compile to a temporary file and move it
-    into place atomically, so a reader never sees a half-written library.
+    ``defines`` (``-D`` flags) make another build, under its own name: the benchmarks' timing build
+    (``KERNEL_PHASE_TIMING``, kernels.c) is one. Concurrent builders (a process-pool sweep) each
+    compile to a temporary file and move it into place atomically, so a reader never sees a
+    half-written library.
     """
     cc = _compiler()
+    flags = (*FLAGS, *defines)
     dest = dest or cache_dir()
-    lib = dest / f"phaselib_kernels_{_build_key(cc)}.so"
+    lib = dest / f"phaselib_kernels_{_build_key(cc, flags)}.so"
     if lib.exists():
         return lib
     dest.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=dest)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelBuildError(f"{cc} failed on {SOURCE} ({proc.returncode}):\n{proc.stderr.strip()}")
         os.replace(tmp, lib)
@@ -270,7 +273,7 @@ def scatter_hidden_grad(dh: torch.Tensor, h: torch.Tensor, ia: torch.Tensor, ib:
 def modular_rows(E: torch.Tensor, W2T: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
                  y: torch.Tensor, lo: int, hi: int, n_train: int, floor: float, dW2: torch.Tensor,
                  dE: torch.Tensor, db1: torch.Tensor, nll: torch.Tensor | None = None,
-                 correct: torch.Tensor | None = None, block: int = 256) -> None:
+                 correct: torch.Tensor | None = None, block: int = 256, lib: ctypes.CDLL | None = None) -> None:
     """Rows ``[lo, hi)`` of a one-hot MLP's modular step, fused block by block (see kernels.c):
     ``dW2`` (width + 1, p), ``dE`` (rows of E, width) and ``db1`` (width) receive these rows' gradient
     sums (rows < ``n_train`` only), and ``nll``/``correct`` (indexed by row) their loss and hit.
@@ -278,7 +281,8 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, ia: torch.Tensor, ib: torch
     ``E`` (2p, width + 1) holds the first layer's columns with b1 folded into the a-rows and 0.5 in
     the last column; ``W2T`` (width + 1, P8) is [W2^T; b2] padded to P8 classes with bias -inf (the
     number of classes p is ``dW2``'s). (The engine keeps its buffers in the kernel's own layouts and
-    calls the C function directly; this wrapper copies into them.)"""
+    calls the C function directly; this wrapper copies into them.) ``lib``: another build of
+    kernels.c to call (the benchmarks' timing build, :func:`build`); by default the loaded one."""
     K, P8 = W2T.shape
     width, p = K - 1, dW2.shape[1]
     if E.shape[1] != K or P8 % 8 or P8 < p or dW2.shape != (K, p) or dE.shape != (E.shape[0], width) \
@@ -296,15 +300,16 @@ def modular_rows(E: torch.Tensor, W2T: torch.Tensor, ia: torch.Tensor, ib: torch
         raise ValueError(f"floor: {floor!r} is invalid; allowed: [-87, 0]")
     check_index(E.shape[0], ia[lo:hi], ib[lo:hi])
     check_index(p, y[lo:hi])
+    lib = lib or _native()
     b = min(block, max(hi - lo, 1))  # the same blocks as `block`, less scratch
-    work, dW2p = torch.empty(_native().modular_scratch(p, width, b)), torch.empty(K, P8)
+    work, dW2p = torch.empty(lib.modular_scratch(p, width, b)), torch.empty(K, P8)
     sums = torch.empty(hi) if nll is not None else None
     shift = torch.empty(hi) if nll is not None else None
     f32 = torch.float32
-    _native().modular_rows(_ptr(E, f32), _ptr(W2T, f32), p, P8, width, _ptr(ia, torch.int64),
-                           _ptr(ib, torch.int64), _ptr(y, torch.int64), lo, hi, n_train, b, floor,
-                           _ptr(sums, f32), _ptr(shift, f32), _ptr(correct, torch.bool), work.data_ptr(),
-                           dW2p.data_ptr(), _ptr(dE, f32), E.shape[0], _ptr(db1, f32))
+    lib.modular_rows(_ptr(E, f32), _ptr(W2T, f32), p, P8, width, _ptr(ia, torch.int64), _ptr(ib, torch.int64),
+                     _ptr(y, torch.int64), lo, hi, n_train, b, floor, _ptr(sums, f32), _ptr(shift, f32),
+                     _ptr(correct, torch.bool), work.data_ptr(), dW2p.data_ptr(), _ptr(dE, f32), E.shape[0],
+                     _ptr(db1, f32))
     dW2.copy_(dW2p[:, :p])
     if nll is not None:
         torch.sub(sums[lo:hi].log_(), shift[lo:hi], out=nll[lo:hi])
