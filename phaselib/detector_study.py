@@ -30,7 +30,7 @@ DEFAULT_DETECTORS: tuple[ev.DetectorSpec, ...] = (
     ev.spec("changepoint", method="pelt", cost="l2"),
     ev.spec("changepoint", method="pelt", cost="normal"),
 )
-CURVATURE = ev.spec("curvature")
+CURVATURE = ev.spec("curvature", drop_factor=10.0, persistence=3)  # curvature.detect's defaults, named in its label
 #: Sweeps of at least this many runs are scanned by one process per core by default.
 PARALLEL_FROM = 64
 

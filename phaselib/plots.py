@@ -82,7 +82,7 @@ def summary_grid(records: Sequence[RunRecord], analyses: Sequence[Analysis], set
         ax.axvline(a.gnorm_peak_epoch, color="black", ls="--", lw=0.8)
         ax.axvline(a.metric_transition_epoch, color="tab:green", ls=":", lw=0.8)
         ax.set_title(f"{rec.config.label}\nlag {a.lag}" + ("" if a.generalised else ", no gen."), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)  # minor labels too (the log axis labels its minor ticks)
     axes[0, 0].legend(fontsize=7)
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
@@ -152,10 +152,11 @@ def lag_distribution(summary: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
     return ax
 
 
-#: The probed signals of notebook 03: (signal, axis label, log scale).
+#: The probed signals of notebook 03: (signal, axis label, log scale). The Hessian's are in units of the
+#: loss (nats for cross-entropy, squared targets for MSE) per squared parameter unit: "loss/θ²".
 PROBE_PANELS: tuple[tuple[str, str, bool], ...] = (
-    ("hessian_lmax", "λ_max of the Hessian", False), ("hessian_lmin", "λ_min of the Hessian", False),
-    ("hessian_trace", "Hessian trace (±1 s.e.)", False), ("b_simple", "B_simple (examples, log)", True),
+    ("hessian_lmax", "Hessian λ_max (loss/θ²)", False), ("hessian_lmin", "Hessian λ_min (loss/θ²)", False),
+    ("hessian_trace", "Hessian trace (loss/θ², ±1 s.e.)", False), ("b_simple", "B_simple (examples, log)", True),
     ("erank", "effective rank of hidden layer", False), ("cka_prev", "CKA to previous probe", False),
     ("active_frac", "active-neuron fraction", False),
 )
@@ -203,7 +204,7 @@ def signal_panels(record: RunRecord, analysis: Analysis, alarms: pd.DataFrame | 
         ax.axvline(analysis.metric_transition_epoch, color="tab:green", ls=":", lw=1)
         if analysis.generalisation_epoch is not None:
             ax.axvline(analysis.generalisation_epoch, color="tab:red", ls="-.", lw=0.8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)  # minor labels too (the log axis labels its minor ticks)
     axes[0].set_title(f"{record.config.label}: probed signals (dashed: grad peak, dotted: steepest rise, "
                       f"dash-dot: generalised)", fontsize=9)
     fig.tight_layout()
