@@ -57,10 +57,12 @@ def _scan(store_path: str, configs: Sequence[RunConfig], threshold: float, detec
     return (pd.concat(alarms, ignore_index=True) if alarms else pd.DataFrame()), events
 
 
-def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: float = 0.5,
-                       detectors: Sequence[ev.DetectorSpec] = DEFAULT_DETECTORS,
-                       layers: Sequence[str] = ("all", "fc1", "fc2"), workers: int | None = None) -> pd.DataFrame:
-    """The full evaluation table (one row per signal, layer and detector) over ``configs``.
+def scan_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: float = 0.5,
+                   detectors: Sequence[ev.DetectorSpec] = DEFAULT_DETECTORS,
+                   layers: Sequence[str] = ("all", "fc1", "fc2"),
+                   workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every detector's alarms on ``configs`` and the runs table (events, seeds): what
+    :func:`phaselib.evaluate.evaluate` scores, and what :func:`held_out` splits.
 
     Each run counts once: a run without probes whose probed twin is also in ``configs`` is left
     out, since the twin's base signals are its record bit for bit (:func:`phaselib.sweep.probe_twins`).
@@ -88,4 +90,68 @@ def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold:
             parts = list(pool.map(_scan, *zip(*args)))
     alarms = pd.concat([p[0] for p in parts if len(p[0])], ignore_index=True)
     events = {k: v for p in parts for k, v in p[1].items()}
-    return ev.evaluate(alarms, runs_table(configs, events))
+    return alarms, runs_table(configs, events)
+
+
+def evaluate_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: float = 0.5,
+                       detectors: Sequence[ev.DetectorSpec] = DEFAULT_DETECTORS,
+                       layers: Sequence[str] = ("all", "fc1", "fc2"), workers: int | None = None) -> pd.DataFrame:
+    """The full evaluation table (one row per signal, layer and detector) over ``configs``
+    (:func:`scan_detectors`, then :func:`phaselib.evaluate.evaluate`)."""
+    return ev.evaluate(*scan_detectors(store, configs, threshold, detectors, layers, workers))
+
+
+HELD_OUT_MIN_SEEDS = 3
+"""Seeds each half of :func:`held_out` needs at least (so at least 6 in all)."""
+
+
+def split_seeds(seeds: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The distinct seeds, sorted and dealt alternately: (seeds to choose on, seeds to report on).
+    Every fraction and operation of a sweep runs every seed, so both halves see all of them."""
+    s = sorted({int(x) for x in seeds})
+    return tuple(s[0::2]), tuple(s[1::2])
+
+
+def held_out(alarms: pd.DataFrame, runs: pd.DataFrame, max_false_alarm_rate: float = 1.0,
+             min_hit_rate: float = 0.0, top: int = 12) -> pd.DataFrame | None:
+    """How much the detector ranking flatters itself: choose on half the seeds, report on the other.
+
+    :func:`phaselib.evaluate.detector_table` ranks (signal, layer, detector) rows on the runs of
+    the first half of :func:`split_seeds` (best knob per family, false-alarm budget, hit rate,
+    median lead), exactly as on all runs; its ``top`` rows are then scored on the other half's
+    runs alone (controls and never-generalised runs split the same way). ``kept``: the row also
+    meets the budget and the hit rate on the held-out half. None when either half has fewer than
+    :data:`HELD_OUT_MIN_SEEDS` seeds. (Selecting on the runs that are reported biases leads
+    upwards; this measures by how much.)"""
+    choose, report = split_seeds(runs["seed"])
+    if min(len(choose), len(report)) < HELD_OUT_MIN_SEEDS:
+        return None
+    halves = []
+    for seeds in (choose, report):
+        r = runs[runs["seed"].isin(seeds)]
+        halves.append(ev.evaluate(alarms[alarms["run"].isin(r["run"])], r))
+    picked = ev.detector_table(halves[0], max_false_alarm_rate, min_hit_rate).head(top)
+    cols = ["median_lead", "hit_rate", "false_alarms_per_1000_epochs"]
+    held = halves[1].set_index(ev.KEYS)[["median_lead", "lead_ci_low", "lead_ci_high", "hit_rate",
+                                         "false_alarms_per_1000_epochs", "n_runs_generalised"]]
+    out = picked[["rank"] + ev.KEYS + cols].join(held.add_suffix("_held_out"), on=ev.KEYS)
+    fa = out["false_alarms_per_1000_epochs_held_out"]
+    out["kept"] = (fa <= max_false_alarm_rate) & (out["hit_rate_held_out"] >= min_hit_rate)
+    out.attrs["seeds"] = {"chosen on": choose, "reported on": report}
+    return out.reset_index(drop=True)
+
+
+def held_out_summary(check: pd.DataFrame | None, n_seeds: int) -> str:
+    """One computed sentence on :func:`held_out`'s result (or why there is none)."""
+    if check is None:
+        return (f"The held-out check needs at least {2 * HELD_OUT_MIN_SEEDS} seeds ({HELD_OUT_MIN_SEEDS} to choose on, "
+                f"{HELD_OUT_MIN_SEEDS} to report on); these runs have {n_seeds}, so it is not done here.")
+    if not len(check):
+        return "On the seeds chosen on, no row passes the budget and the hit rate: there is nothing to hold out."
+    seeds = check.attrs["seeds"]
+    lead, held = check["median_lead"], check["median_lead_held_out"]
+    return (f"Chosen on seeds {', '.join(map(str, seeds['chosen on']))} and scored on seeds "
+            f"{', '.join(map(str, seeds['reported on']))}: {int(check['kept'].sum())} of the {len(check)} top rows "
+            f"keep the false-alarm budget and the hit rate on the held-out seeds; the median over rows of their "
+            f"median lead is {held.median():.0f} epochs there against {lead.median():.0f} where they were chosen "
+            f"({int((held < lead).sum())} of {int(held.notna().sum())} rows lead less on the held-out seeds).")

@@ -247,7 +247,8 @@ def detector_table(evaluation: pd.DataFrame, max_false_alarm_rate: float = 1.0,
     is unknown, i.e. without null runs, are dropped) and ``hit_rate >= min_hit_rate``. With
     ``best_per_family`` only the best knob setting of each detector family per (signal, layer)
     stays (largest median lead, then hit rate, then fewest false alarms): this selects on the
-    same runs it reports, so its leads are optimistic; confirm on held-out seeds.
+    same runs it reports, so its leads are optimistic; :func:`phaselib.detector_study.held_out`
+    scores the rows chosen on half the seeds on the other half.
     """
     e = evaluation.copy()
     fa = e["false_alarms_per_1000_epochs"]

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from phaselib.config import RunConfig
-from phaselib.detector_study import evaluate_detectors
+from phaselib.detector_study import evaluate_detectors, held_out, held_out_summary, split_seeds
 from phaselib.record import RunRecord, tidy
 from phaselib.store import RunStore
 
@@ -55,3 +55,39 @@ def test_a_run_and_its_probed_twin_count_once(stored, tmp_path):
     both = evaluate_detectors(store, configs + [twin.config])
     pd.testing.assert_frame_equal(both, evaluate_detectors(store, [twin.config] + configs[1:]))
     assert (both["n_runs_generalised"] == 4).all()
+
+
+def held_out_tables(seeds: range) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per seed: a generalising run (event at 1000), a never-generalising one and a control, 2000
+    epochs each. Signal "lucky" leads by 600 on even-ranked seeds and alarms after the event on the
+    others; "steady" leads by 200 on all; neither alarms on the runs without a transition."""
+    runs, alarms = [], []
+    for i, s in enumerate(seeds):
+        for kind, task, event in (("g", "modular", 1000.0), ("n", "modular", np.nan), ("c", "regression", np.nan)):
+            runs.append(dict(run=f"{kind}{s}", task=task, operation="add", frac=0.5, seed=s, epochs=2000,
+                             event_epoch=event))
+            for signal, lead in (("lucky", 600 if i % 2 == 0 else -100), ("steady", 200)):
+                epoch = 1000.0 - lead if kind == "g" else np.nan
+                alarms.append(dict(run=f"{kind}{s}", signal=signal, layer="all", detector="online(k=3.0)",
+                                   alarm_epoch=epoch))
+    return pd.DataFrame(alarms), pd.DataFrame(runs)
+
+
+def test_held_out_scores_the_rows_chosen_on_half_the_seeds_on_the_other_half():
+    alarms, runs = held_out_tables(range(6))
+    assert split_seeds(runs["seed"]) == ((0, 2, 4), (1, 3, 5))
+    check = held_out(alarms, runs, max_false_alarm_rate=1.0, min_hit_rate=0.5)
+    assert list(check["signal"]) == ["lucky", "steady"]  # ranked by lead where chosen
+    assert list(check["median_lead"]) == [600, 200]
+    assert list(check["median_lead_held_out"]) == [-100, 200]
+    assert list(check["hit_rate_held_out"]) == [0.0, 1.0]
+    assert list(check["kept"]) == [False, True]
+    text = held_out_summary(check, 6)
+    assert "Chosen on seeds 0, 2, 4 and scored on seeds 1, 3, 5: 1 of the 2 top rows keep" in text
+    assert "50 epochs there against 400 where they were chosen (1 of 2 rows lead less" in text
+
+
+def test_held_out_needs_three_seeds_a_half():
+    alarms, runs = held_out_tables(range(5))
+    assert held_out(alarms, runs) is None
+    assert "needs at least 6 seeds (3 to choose on, 3 to report on); these runs have 5" in held_out_summary(None, 5)
