@@ -47,8 +47,8 @@ nothing outside it (optimiser, norms, hand-offs between threads) cost anything.
 JSON: medians over ``--repeats`` of ``reference_ms_per_run_epoch``, ``floor_ms``, ``max_speedup``,
 ``batched_ms_per_run_epoch``, ``speedup``, ``gemm_share``, ``fma_peak_gflops``, ``peak_ms``,
 ``max_speedup_at_fma_peak``, ``fused_step_ms``, ``fused_peak_fraction``, ``phase_ms``,
-``phase_peak_fraction``, ``elementwise_ms``, ``step_floor_ms``, ``max_speedup_at_step_floor`` and ``gemm_gflops`` (=
-``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts the FLOPs of the
+``phase_peak_fraction``, ``elementwise_ms``, ``step_floor_ms``, ``max_speedup_at_step_floor``
+and ``gemm_gflops`` (= ``gemm_gflop_per_run_epoch`` / floor); ``gemm_gflop_per_run_epoch`` counts the FLOPs of the
 padded shapes above (the engine's real work; train_throughput.py counts the unpadded model's,
 64 x 97, so its GFLOP/s are about 3% lower for the same time); each repeat's figures, with
 ``per_gemm_ms_all_threads`` (each GEMM alone on all threads), in ``per_repeat``.
@@ -192,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         reps.append({"phase_ms": phases, "timed_step_ms": timed_ms,
                      "phase_peak_fraction": {k: mm_at_peak[k] / phases[k] for k in mm_flop},
                      "elementwise_ms": elementwise_ms, "step_floor_ms": step_floor_ms,
-                     "max_speedup_at_step_floor": ref_ms / (step_floor_ms / threads), "reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms, **f,
+                     "max_speedup_at_step_floor": ref_ms / (step_floor_ms / threads),
+                     "reference_ms_per_run_epoch": ref_ms, "batched_ms_per_run_epoch": bat_ms, **f,
                      "max_speedup": ref_ms / f["floor_ms"], "speedup": ref_ms / bat_ms,
                      "gemm_share": f["floor_ms"] / bat_ms, "gemm_gflops": flop / f["floor_ms"] / 1e6,
                      "fma_peak_gflops": peak, "peak_ms": peak_ms, "max_speedup_at_fma_peak": ref_ms / peak_ms,
@@ -227,8 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"(x{med['max_speedup_at_fma_peak']:.1f} the reference, if nothing else cost anything); one run's fused step "
           f"takes {med['fused_step_ms']:.2f} ms on one core, {med['fused_peak_fraction']:.2f} of it matmul at peak; "
           f"its elementwise phases take {med['elementwise_ms']:.2f} ms, so with its matmuls at peak it would take "
-          f"{med['step_floor_ms']:.2f} ms: x{med['max_speedup_at_step_floor']:.1f} the reference on {threads} cores, if "
-          "nothing outside the step (optimiser, norms, hand-offs between threads) cost anything")
+          f"{med['step_floor_ms']:.2f} ms: x{med['max_speedup_at_step_floor']:.1f} the reference on {threads} cores, "
+          "if nothing outside the step (optimiser, norms, hand-offs between threads) cost anything")
     write_json(args.json, result)
     return result
 
