@@ -16,8 +16,10 @@
 # data and the model of the paper's protocol, and measures what one training epoch costs.
 #
 # **Method.** PROTOCOL.md §1: modular arithmetic on all pairs (a, b) mod p, one-hot inputs of
-# dimension 2p, a 2-layer ReLU MLP (width 64) initialised by PyTorch's defaults right after
-# `torch.manual_seed(seed)`, full-batch AdamW (lr 1e-3, weight decay 0.1).
+# dimension 2p, a 2-layer ReLU MLP of `width` hidden units initialised by PyTorch's defaults
+# right after `torch.manual_seed(seed)`, full-batch AdamW (`lr`, `weight_decay`). The
+# parameters cell below defaults to the protocol's values (p = 97, width 64, lr 1e-3, weight
+# decay 0.1); a parameter file or papermill may set others.
 
 # %% tags=["parameters"]
 modulus = 97

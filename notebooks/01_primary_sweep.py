@@ -14,11 +14,13 @@
 # **Question.** Does the gradient-norm peak come before the generalisation transition, and
 # is there no such lead in the regression control?
 #
-# **Method.** PROTOCOL.md §1: seed 42, fractions 50/70/90%, modular addition and the
-# regression control. Per run: the Savitzky-Golay-smoothed (window 51, order 3) combined
-# gradient norm's peak after the first 2% of epochs; the steepest rise of the smoothed test
-# metric; lag = metric transition − gradient peak. Unlike the paper, a run's lag counts as a
-# finding only if the run *generalised*: its test metric reached the threshold and stayed there.
+# **Method.** PROTOCOL.md §1: seed `primary_seeds`, fractions `primary_fracs`, modular
+# addition and the regression control (the parameters below default to the protocol: seed 42,
+# fractions 50/70/90%). Per run: the Savitzky-Golay-smoothed (`sg_window`, `sg_order`: 51 and
+# 3) combined gradient norm's peak after the first `skip_frac` (2%) of epochs; the steepest
+# rise of the smoothed test metric; lag = metric transition − gradient peak. Unlike the
+# paper, a run's lag counts as a finding only if the run *generalised*: its test metric
+# reached the threshold and stayed there.
 # The test metric is accuracy for modular addition and R² = 1 − SS_res/SS_tot for the regression
 # control. The threshold (`threshold`) is a choice far above chance (1/p); at its default, 0.5, half the
 # test pairs or more must be right for good (for the control, R² must stay at or above it: a fit,
