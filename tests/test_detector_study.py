@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from phaselib.config import RunConfig
-from phaselib.detector_study import evaluate_detectors, held_out, held_out_summary, split_seeds
+from phaselib.detector_study import (by_fraction, by_fraction_summary, evaluate_detectors, held_out, held_out_summary,
+                                     split_seeds, warnings_summary)
+from phaselib.evaluate import detector_table, evaluate
 from phaselib.record import RunRecord, tidy
 from phaselib.store import RunStore
 
@@ -91,3 +93,38 @@ def test_held_out_needs_three_seeds_a_half():
     alarms, runs = held_out_tables(range(5))
     assert held_out(alarms, runs) is None
     assert "needs at least 6 seeds (3 to choose on, 3 to report on); these runs have 5" in held_out_summary(None, 5)
+
+
+def test_warnings_are_the_ranked_rows_that_stay_quiet_without_a_transition():
+    alarms, runs = held_out_tables(range(6))
+    loud = alarms[alarms["signal"] == "steady"].assign(signal="loud")  # alarms in every run, the null runs too
+    loud.loc[loud["alarm_epoch"].isna(), "alarm_epoch"] = 500.0
+    alarms = pd.concat([alarms, loud], ignore_index=True)
+    ranked = detector_table(evaluate(alarms, runs), 1.0, 0.9)  # "lucky" hits half the runs: out
+    assert "loud" in set(ranked["signal"])  # once per 2000-epoch run: inside the per-1000-epoch budget
+    text = warnings_summary(ranked)
+    assert text.startswith("1 of the 2 rows that pass the budget and the hit rate stay quiet")
+    assert "The best, steady (all) under `online(k=3.0)` (online, so causal" in text
+    assert "leads by a median 200 epochs" in text and "in 6 of 6 generalised runs" in text
+    assert text.endswith("alarms on 0 of 6 controls and 0 of 6 runs that never generalised.")
+    only_loud = ranked[ranked["signal"] == "loud"]
+    assert "no signal here warns of generalisation specifically" in warnings_summary(only_loud)
+    assert "no transition is announced" in warnings_summary(ranked.iloc[:0])
+    check = held_out(alarms, runs, 1.0, 0.9, specific_only=True)
+    assert list(check["signal"]) == ["lucky", "steady"]  # chosen where lucky hits every run, not "loud"
+    assert list(check["kept"]) == [False, True]
+    assert "1 of the 2 warnings keep the budget, the hit rate and their quiet" in held_out_summary(check, 6)
+
+
+def test_by_fraction_counts_warnings_and_false_alarms_per_fraction():
+    alarms, runs = held_out_tables(range(4))
+    runs["frac"] = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]  # seeds 0, 1 at 50%; 2, 3 at 90%
+    alarms.loc[alarms["run"] == "n0", "alarm_epoch"] = 300.0  # one never-generalised run alarms, at 50%
+    t = by_fraction(alarms, runs, "lucky", "all", "online(k=3.0)")
+    assert list(t["frac"]) == [0.5, 0.9]
+    assert list(t["generalised"]) == [2, 2] and list(t["warned"]) == [1, 1]  # lucky leads on seeds 0 and 2 only
+    assert list(t["never_alarmed"]) == [1, 0] and list(t["never_generalised"]) == [2, 2]
+    assert list(t["controls_alarmed"]) == [0, 0] and list(t["controls"]) == [2, 2]
+    assert by_fraction_summary(t) == ("On the runs that never generalised it alarms in 1/2 at 50%, 0/2 at 90%; "
+                                      "and on 0 of 4 controls.")
+    assert by_fraction_summary(t.assign(never_generalised=0)).startswith("Every modular run generalised")
