@@ -74,6 +74,7 @@ from fma_peak import fma_peak_gflops  # noqa: E402
 from phaselib import kernels  # noqa: E402
 from phaselib.config import RunConfig  # noqa: E402
 from phaselib.engine import EXP_FLOOR, padded_classes  # noqa: E402
+from phaselib.executors import torch_threads  # noqa: E402
 from phaselib.train import make_dataset, train_reference  # noqa: E402
 from train_throughput import (intra_and_streams, medians, ms_per_pass, run_epoch_flops, time_batched,  # noqa: E402
                               time_reference, write_json)
@@ -135,20 +136,21 @@ def timing_kernels() -> ctypes.CDLL:
 
 
 def phase_ms(cfg: RunConfig, seconds: float) -> tuple[dict[str, float], float]:
-    """Ms per step of each phase of one run's fused step on the calling thread (the timing build,
-    mean over calls for about ``seconds`` after a warm-up), and of the whole timed call (which
-    also holds the wrapper's checks and copies, so the phases sum to less)."""
+    """Ms per step of each phase of one run's fused step on the calling thread, torch on one thread
+    too (the timing build, mean over calls for about ``seconds`` after a warm-up), and of the whole
+    timed call (which also holds the wrapper's checks, copies and log, so the phases sum to less)."""
     lib = timing_kernels()
     acc = (ctypes.c_double * len(PHASES)).in_dll(lib, "kernel_phase_s")
     (step,) = fused_step_call(cfg, lib)
-    step()
-    acc[:] = [0.0] * len(PHASES)
-    calls, t0 = 0, time.perf_counter()
-    while True:
+    with torch_threads(1):  # the wrapper's torch operations stay on this core as well
         step()
-        calls += 1
-        if (spent := time.perf_counter() - t0) >= seconds:
-            break
+        acc[:] = [0.0] * len(PHASES)
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            step()
+            calls += 1
+            if (spent := time.perf_counter() - t0) >= seconds:
+                break
     return {name: acc[i] / calls * 1e3 for i, name in enumerate(PHASES)}, spent / calls * 1e3
 
 
@@ -184,8 +186,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f = floor_ms(N, n, H, p, threads, args.seconds)
         fma = fma_peak_gflops(threads, 0.3)
         peak, peak_ms = fma["all_cores"], useful / fma["all_cores"] / 1e6
-        fused_ms = ms_per_pass(lambda: fused_step_call(cfg), args.seconds / 2) if native else float("nan")
-        phases, timed_ms = phase_ms(cfg, args.seconds / 2) if native else ({k: float("nan") for k in PHASES}, 0.0)
+        with torch_threads(1):  # one core: the wrapper's torch operations too
+            fused_ms = ms_per_pass(lambda: fused_step_call(cfg), args.seconds / 2) if native else float("nan")
+        phases, timed_ms = phase_ms(cfg, args.seconds / 2) if native else \
+            ({k: float("nan") for k in PHASES}, float("nan"))
         mm_at_peak = {k: mm_flop[k] / fma["one_core"] / 1e6 for k in mm_flop}
         elementwise_ms = sum(v for k, v in phases.items() if k not in mm_flop)
         step_floor_ms = sum(mm_at_peak.values()) + elementwise_ms

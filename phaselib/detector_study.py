@@ -105,26 +105,38 @@ HELD_OUT_MIN_SEEDS = 3
 """Seeds each half of :func:`held_out` needs at least (so at least 6 in all)."""
 
 
+def warning_table(evaluation: pd.DataFrame, max_false_alarm_rate: float = 1.0,
+                  min_hit_rate: float = 0.0) -> pd.DataFrame:
+    """The warnings: :func:`phaselib.evaluate.detector_table` over the rows that stay quiet on most
+    runs without a transition (:func:`phaselib.evaluate.specific`, controls and never-generalised
+    runs judged apart). The budget alone counts alarms per 1000 epochs, which a detector firing
+    once in every null run passes. Specificity is applied before the best knob per family is
+    picked, so a specific setting is not hidden behind a louder one of the same family."""
+    return ev.detector_table(evaluation[ev.specific(evaluation)], max_false_alarm_rate, min_hit_rate)
+
+
 def split_seeds(seeds: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The distinct seeds, sorted and dealt alternately: (seeds to choose on, seeds to report on).
-    Every fraction and operation of a sweep runs every seed, so both halves see all of them."""
+    A sweep runs every fraction and operation at every seed, so both halves see all of them; a
+    group with fewer seeds (the probed runs) can fall mostly in one half."""
     s = sorted({int(x) for x in seeds})
     return tuple(s[0::2]), tuple(s[1::2])
 
 
 def held_out(alarms: pd.DataFrame, runs: pd.DataFrame, max_false_alarm_rate: float = 1.0,
-             min_hit_rate: float = 0.0, top: int = 12, specific_only: bool = False) -> pd.DataFrame | None:
+             min_hit_rate: float = 0.0, top: int = 12, warnings_only: bool = False) -> pd.DataFrame | None:
     """How much the detector ranking flatters itself: choose on half the seeds, report on the other.
 
-    :func:`phaselib.evaluate.detector_table` ranks (signal, layer, detector) rows on the runs of
-    the first half of :func:`split_seeds` (best knob per family, false-alarm budget, hit rate,
-    median lead), exactly as on all runs; its ``top`` rows are then scored on the other half's
-    runs alone (controls and never-generalised runs split the same way). ``kept``: the row also
-    meets the budget and the hit rate on the held-out half. With ``specific_only`` the choice keeps
-    only the rows that are :func:`~phaselib.evaluate.specific` on the first half (the warnings,
-    :func:`warnings_summary`), and ``kept`` asks that of the held-out half too. None when either
-    half has fewer than :data:`HELD_OUT_MIN_SEEDS` seeds. (Selecting on the runs that are reported
-    biases leads upwards; this measures by how much.)"""
+    :func:`phaselib.evaluate.detector_table` (or, with ``warnings_only``, :func:`warning_table`)
+    ranks (signal, layer, detector) rows on the runs of the first half of :func:`split_seeds`,
+    exactly as on all runs; its ``top`` rows are then scored on the other half's runs alone
+    (controls and never-generalised runs split the same way). ``testable``: the row has leads on
+    the held-out half; ``kept``: it is testable and also meets the budget and the hit rate there
+    (and, for warnings, stays specific). None when either half has fewer than
+    :data:`HELD_OUT_MIN_SEEDS` seeds. (Selecting on the runs that are reported biases leads
+    upwards; this measures by how much.)"""
+    if "seed" not in runs.columns or runs["seed"].isna().any():
+        raise ValueError("runs: a 'seed' for every run is required; allowed: the runs table of scan_detectors")
     choose, report = split_seeds(runs["seed"])
     if min(len(choose), len(report)) < HELD_OUT_MIN_SEEDS:
         return None
@@ -132,18 +144,17 @@ def held_out(alarms: pd.DataFrame, runs: pd.DataFrame, max_false_alarm_rate: flo
     for seeds in (choose, report):
         r = runs[runs["seed"].isin(seeds)]
         halves.append(ev.evaluate(alarms[alarms["run"].isin(r["run"])], r))
-    picked = ev.detector_table(halves[0], max_false_alarm_rate, min_hit_rate)
-    if specific_only:
-        picked = picked[ev.specific(picked)]
-    picked = picked.head(top)
-    cols = ["median_lead", "hit_rate", "false_alarms_per_1000_epochs"]
+    pick = warning_table if warnings_only else ev.detector_table
+    picked = pick(halves[0], max_false_alarm_rate, min_hit_rate).head(top)
+    cols = ["median_lead", "hit_rate", "false_alarms_per_1000_epochs", "n_runs_generalised"]
     held = halves[1].assign(specific=ev.specific(halves[1])).set_index(ev.KEYS)[
         ["median_lead", "lead_ci_low", "lead_ci_high", "hit_rate", "false_alarms_per_1000_epochs",
          "n_runs_generalised", "specific"]]
     out = picked[["rank"] + ev.KEYS + cols].join(held.add_suffix("_held_out"), on=ev.KEYS)
+    out["testable"] = out["median_lead_held_out"].notna()
     fa = out["false_alarms_per_1000_epochs_held_out"]
-    out["kept"] = (fa <= max_false_alarm_rate) & (out["hit_rate_held_out"] >= min_hit_rate)
-    if specific_only:
+    out["kept"] = out["testable"] & (fa <= max_false_alarm_rate) & (out["hit_rate_held_out"] >= min_hit_rate)
+    if warnings_only:
         out["kept"] &= out["specific_held_out"].eq(True)
     else:
         out = out.drop(columns="specific_held_out")
@@ -151,64 +162,9 @@ def held_out(alarms: pd.DataFrame, runs: pd.DataFrame, max_false_alarm_rate: flo
     return out.reset_index(drop=True)
 
 
-def warnings_summary(ranked: pd.DataFrame) -> str:
-    """One computed sentence on the warnings among :func:`phaselib.evaluate.detector_table`'s rows:
-    those that also stay quiet on most runs without a transition (:func:`phaselib.evaluate.specific`,
-    controls and never-generalised runs judged apart), with the best one's figures. The budget
-    alone counts alarms per 1000 epochs, which a detector firing once in every null run passes."""
-    if not len(ranked):
-        return ("No (signal, detector) pair stays under the false-alarm budget with the required hit rate: "
-                "no transition is announced.")
-    quiet = ranked[ev.specific(ranked)]
-    if not len(quiet):
-        return (f"None of the {len(ranked)} rows that pass the budget and the hit rate stays quiet on most runs "
-                "without a transition: no signal here warns of generalisation specifically.")
-    b = quiet.iloc[0]
-    causal = ("online, so causal: it fires on the epochs seen so far" if b.detector.startswith("online")
-              else "not causal: it sees the whole run")
-    ci = "" if pd.isna(b.lead_ci_low) else f" (95% CI {b.lead_ci_low:.0f} to {b.lead_ci_high:.0f})"
-    return (f"{len(quiet)} of the {len(ranked)} rows that pass the budget and the hit rate stay quiet on most runs "
-            f"without a transition: these are the warnings. The best, {b.signal} ({b.layer}) under "
-            f"`{b.detector}` ({causal}), leads by a median {b.median_lead:.0f} epochs{ci} in {b.hits} of "
-            f"{b.n_runs_generalised} generalised runs, and alarms on {b.null_runs_alarmed_control} of "
-            f"{b.n_null_runs_control} controls and {b.null_runs_alarmed_never_generalised} of "
-            f"{b.n_null_runs_never_generalised} runs that never generalised.")
-
-
-def by_fraction(alarms: pd.DataFrame, runs: pd.DataFrame, signal: str, layer: str, detector: str) -> pd.DataFrame:
-    """Where one (signal, layer, detector) fires, per training fraction: the generalised modular
-    runs it warns (first alarm before the event), and the never-generalised runs and controls it
-    alarms on at all. Shows whether a warning's false alarms are spread out or gather somewhere."""
-    a = alarms[(alarms["signal"] == signal) & (alarms["layer"] == layer) & (alarms["detector"] == detector)]
-    first = a.groupby("run")["alarm_epoch"].min()
-    r = runs.assign(alarm=runs["run"].map(first))
-    control = r["task"] == ev.CONTROL_TASK
-    gen = ~control & r["event_epoch"].notna()
-    never = ~control & ~gen
-    rows = []
-    for frac, g in r.groupby("frac", sort=True):
-        m = r.index.isin(g.index)
-        rows.append({"frac": frac, "generalised": int((gen & m).sum()),
-                     "warned": int((gen & m & (r["alarm"] < r["event_epoch"])).sum()),
-                     "never_generalised": int((never & m).sum()),
-                     "never_alarmed": int((never & m & r["alarm"].notna()).sum()),
-                     "controls": int((control & m).sum()),
-                     "controls_alarmed": int((control & m & r["alarm"].notna()).sum())})
-    return pd.DataFrame(rows)
-
-
-def by_fraction_summary(table: pd.DataFrame) -> str:
-    """One computed sentence on :func:`by_fraction`: the never-generalised runs alarmed at each fraction."""
-    t = table[table["never_generalised"] > 0]
-    if not len(t):
-        return "Every modular run generalised, so there is no run without a transition to alarm on."
-    parts = [f"{k}/{n} at {f:.0%}" for f, k, n in zip(t["frac"], t["never_alarmed"], t["never_generalised"])]
-    return ("On the runs that never generalised it alarms in " + ", ".join(parts)
-            + f"; and on {int(table['controls_alarmed'].sum())} of {int(table['controls'].sum())} controls.")
-
-
 def held_out_summary(check: pd.DataFrame | None, n_seeds: int) -> str:
-    """One computed sentence on :func:`held_out`'s result (or why there is none)."""
+    """One computed sentence on :func:`held_out`'s result (or why there is none). Leads are
+    compared over the rows that have leads on both halves."""
     if check is None:
         return (f"The held-out check needs at least {2 * HELD_OUT_MIN_SEEDS} seeds ({HELD_OUT_MIN_SEEDS} to choose on, "
                 f"{HELD_OUT_MIN_SEEDS} to report on); these runs have {n_seeds}, so it is not done here.")
@@ -218,9 +174,77 @@ def held_out_summary(check: pd.DataFrame | None, n_seeds: int) -> str:
     if not len(check):
         return f"On the seeds chosen on, no row qualifies among the {rows}: there is nothing to hold out."
     seeds = check.attrs["seeds"]
-    lead, held = check["median_lead"], check["median_lead_held_out"]
-    return (f"Chosen on seeds {', '.join(map(str, seeds['chosen on']))} and scored on seeds "
+    both = check[check["testable"]]
+    text = (f"Chosen on seeds {', '.join(map(str, seeds['chosen on']))} and scored on seeds "
             f"{', '.join(map(str, seeds['reported on']))}: {int(check['kept'].sum())} of the {len(check)} {rows} "
-            f"keep {keep} on the held-out seeds; the median over rows of their "
-            f"median lead is {held.median():.0f} epochs there against {lead.median():.0f} where they were chosen "
-            f"({int((held < lead).sum())} of {int(held.notna().sum())} rows lead less on the held-out seeds).")
+            f"keep {keep} on the held-out seeds")
+    if untestable := len(check) - len(both):
+        text += f" ({untestable} without any lead there, so not testable)"
+    if len(both):
+        lead, held = both["median_lead"], both["median_lead_held_out"]
+        text += (f"; over the {len(both)} row(s) with leads on both halves, the median of their median lead is "
+                 f"{held.median():.0f} epochs there against {lead.median():.0f} where they were chosen "
+                 f"({int((held < lead).sum())} of {len(both)} lead less on the held-out seeds)")
+    return text + "."
+
+
+def warnings_summary(ranked: pd.DataFrame, warnings: pd.DataFrame) -> str:
+    """One computed sentence on the warnings (:func:`warning_table`) among the ``ranked`` rows
+    (:func:`phaselib.evaluate.detector_table`), with the best warning's figures."""
+    if not len(ranked):
+        return ("No (signal, detector) pair stays under the false-alarm budget with the required hit rate: "
+                "no transition is announced.")
+    if not len(warnings):
+        return (f"None of the {len(ranked)} rows that pass the budget and the hit rate stays quiet on most runs "
+                "without a transition: no signal here warns of generalisation specifically.")
+    b = warnings.iloc[0]
+    causal = ("causal: it knows an alarm at the epoch it falls on" if b.detector.split("(")[0] in ev.CAUSAL
+              else "not causal: it sees the whole run")
+    ci = "" if pd.isna(b.lead_ci_low) else \
+        f" ({b.lead_ci_coverage:.0%} CI {b.lead_ci_low:.0f} to {b.lead_ci_high:.0f})"
+    return (f"{len(warnings)} (signal, detector) row(s) pass the budget and the hit rate and stay quiet on most runs "
+            f"without a transition: the warnings. The best, {b.signal} ({b.layer}) under `{b.detector}` ({causal}), "
+            f"alarms before the event in {b.hits} of {b.n_runs_generalised} generalised runs, with a median lead of "
+            f"{b.median_lead:.0f} epochs{ci}; it alarms on {b.null_runs_alarmed_control} of {b.n_null_runs_control} "
+            f"controls and on {b.null_runs_alarmed_never_generalised} of {b.n_null_runs_never_generalised} runs "
+            "that never generalised.")
+
+
+def by_fraction(alarms: pd.DataFrame, runs: pd.DataFrame, signal: str, layer: str, detector: str) -> pd.DataFrame:
+    """Where one (signal, layer, detector) fires, per training fraction and run length: the
+    generalised modular runs it warns (first alarm before the event, a hit as in
+    :func:`phaselib.evaluate.evaluate`), and the never-generalised runs and controls it alarms on
+    at all. Only runs that carry the signal count (probed signals exist in probed runs alone).
+    Run length matters: the online baseline is the first 10% of a run."""
+    a = alarms[(alarms["signal"] == signal) & (alarms["layer"] == layer) & (alarms["detector"] == detector)]
+    first = a.groupby("run")["alarm_epoch"].min()
+    r = runs[runs["run"].isin(first.index)].reset_index(drop=True)
+    r = r.assign(alarm=r["run"].map(first))
+    control = r["task"] == ev.CONTROL_TASK
+    gen = ~control & r["event_epoch"].notna()
+    never = ~control & ~gen
+    rows = []
+    for (frac, epochs), g in r.groupby(["frac", "epochs"], sort=True):
+        m = (r["frac"] == frac) & (r["epochs"] == epochs)
+        rows.append({"frac": frac, "epochs": epochs, "generalised": int((gen & m).sum()),
+                     "warned": int((gen & m & (r["alarm"] < r["event_epoch"])).sum()),
+                     "never_generalised": int((never & m).sum()),
+                     "never_generalised_alarmed": int((never & m & r["alarm"].notna()).sum()),
+                     "controls": int((control & m).sum()),
+                     "controls_alarmed": int((control & m & r["alarm"].notna()).sum())})
+    return pd.DataFrame(rows, columns=["frac", "epochs", "generalised", "warned", "never_generalised",
+                                       "never_generalised_alarmed", "controls", "controls_alarmed"])
+
+
+def by_fraction_summary(table: pd.DataFrame) -> str:
+    """One computed sentence on :func:`by_fraction`: the never-generalised runs alarmed per
+    fraction and run length, and the controls."""
+    t = table[table["never_generalised"] > 0]
+    n_controls = int(table["controls"].sum())
+    controls = (f"it alarms on {int(table['controls_alarmed'].sum())} of {n_controls} controls" if n_controls
+                else "it sees no controls")
+    if not len(t):
+        return f"Every modular run it sees generalised; {controls}."
+    parts = [f"{k}/{n} at {f:.0%} ({e} epochs)" for f, e, k, n in
+             zip(t["frac"], t["epochs"], t["never_generalised_alarmed"], t["never_generalised"])]
+    return "On the runs that never generalised it alarms in " + ", ".join(parts) + f"; {controls}."

@@ -49,6 +49,8 @@ from .detect.offline import generalisation_epoch
 from .tables import median_ci
 
 DETECTORS: tuple[str, ...] = ("online", "changepoint", "curvature")
+#: Detector families that know an alarm at the sample it falls on (module docstring).
+CAUSAL: frozenset[str] = frozenset({"online", "curvature"})
 CONTROL_TASK = "regression"
 KEYS = ["signal", "layer", "detector"]
 

@@ -90,6 +90,8 @@ def build(dest: Path | None = None, defines: tuple[str, ...] = ()) -> Path:
     compile to a temporary file and move it into place atomically, so a reader never sees a
     half-written library.
     """
+    if any(not d.startswith("-D") for d in defines):
+        raise ValueError(f"defines: {defines!r} is invalid; allowed: -D flags only (-DNAME or -DNAME=VALUE)")
     cc = _compiler()
     flags = (*FLAGS, *defines)
     dest = dest or cache_dir()

@@ -40,5 +40,6 @@ def test_change_points_inside_the_transient_are_not_a_transition():
 
 
 def test_anything_else_is_refused():
-    with pytest.raises(TypeError, match="result: list"):
-        describe([1, 2])
+    for bad, name in (([1, 2], "list"), (3, "int"), ("alarm", "str")):
+        with pytest.raises(TypeError, match=f"result: {name}"):
+            describe(bad)

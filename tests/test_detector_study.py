@@ -5,7 +5,7 @@ import pytest
 
 from phaselib.config import RunConfig
 from phaselib.detector_study import (by_fraction, by_fraction_summary, evaluate_detectors, held_out, held_out_summary,
-                                     split_seeds, warnings_summary)
+                                     split_seeds, warning_table, warnings_summary)
 from phaselib.evaluate import detector_table, evaluate
 from phaselib.record import RunRecord, tidy
 from phaselib.store import RunStore
@@ -86,13 +86,29 @@ def test_held_out_scores_the_rows_chosen_on_half_the_seeds_on_the_other_half():
     assert list(check["kept"]) == [False, True]
     text = held_out_summary(check, 6)
     assert "Chosen on seeds 0, 2, 4 and scored on seeds 1, 3, 5: 1 of the 2 top rows keep" in text
-    assert "50 epochs there against 400 where they were chosen (1 of 2 rows lead less" in text
+    assert "over the 2 row(s) with leads on both halves, the median of their median lead is 50 epochs there " \
+           "against 400 where they were chosen (1 of 2 lead less" in text
 
 
-def test_held_out_needs_three_seeds_a_half():
+def test_a_row_without_leads_on_the_held_out_half_is_not_testable_and_not_kept():
+    alarms, runs = held_out_tables(range(6))
+    odd = alarms["run"].str[1:].astype(int) % 2 == 1
+    alarms.loc[odd & (alarms["signal"] == "lucky"), "alarm_epoch"] = np.nan  # lucky never alarms held out
+    check = held_out(alarms, runs)  # min_hit_rate 0: a hit rate of 0 alone would pass
+    row = check.set_index("signal").loc["lucky"]
+    assert not row["testable"] and not row["kept"]
+    text = held_out_summary(check, 6)
+    assert "(1 without any lead there, so not testable)" in text
+    assert "over the 1 row(s) with leads on both halves, the median of their median lead is 200 epochs there " \
+           "against 200" in text  # the medians compare the same rows
+
+
+def test_held_out_needs_three_seeds_a_half_and_a_seed_per_run():
     alarms, runs = held_out_tables(range(5))
     assert held_out(alarms, runs) is None
     assert "needs at least 6 seeds (3 to choose on, 3 to report on); these runs have 5" in held_out_summary(None, 5)
+    with pytest.raises(ValueError, match="runs: a 'seed' for every run"):
+        held_out(alarms, runs.drop(columns="seed"))
 
 
 def test_warnings_are_the_ranked_rows_that_stay_quiet_without_a_transition():
@@ -100,31 +116,70 @@ def test_warnings_are_the_ranked_rows_that_stay_quiet_without_a_transition():
     loud = alarms[alarms["signal"] == "steady"].assign(signal="loud")  # alarms in every run, the null runs too
     loud.loc[loud["alarm_epoch"].isna(), "alarm_epoch"] = 500.0
     alarms = pd.concat([alarms, loud], ignore_index=True)
-    ranked = detector_table(evaluate(alarms, runs), 1.0, 0.9)  # "lucky" hits half the runs: out
+    evaluation = evaluate(alarms, runs)
+    ranked = detector_table(evaluation, 1.0, 0.9)  # "lucky" hits half the runs: out
     assert "loud" in set(ranked["signal"])  # once per 2000-epoch run: inside the per-1000-epoch budget
-    text = warnings_summary(ranked)
-    assert text.startswith("1 of the 2 rows that pass the budget and the hit rate stay quiet")
-    assert "The best, steady (all) under `online(k=3.0)` (online, so causal" in text
-    assert "leads by a median 200 epochs" in text and "in 6 of 6 generalised runs" in text
-    assert text.endswith("alarms on 0 of 6 controls and 0 of 6 runs that never generalised.")
-    only_loud = ranked[ranked["signal"] == "loud"]
-    assert "no signal here warns of generalisation specifically" in warnings_summary(only_loud)
-    assert "no transition is announced" in warnings_summary(ranked.iloc[:0])
-    check = held_out(alarms, runs, 1.0, 0.9, specific_only=True)
+    warnings = warning_table(evaluation, 1.0, 0.9)
+    assert list(warnings["signal"]) == ["steady"]
+    text = warnings_summary(ranked, warnings)
+    assert text.startswith("1 (signal, detector) row(s) pass the budget and the hit rate and stay quiet")
+    assert "The best, steady (all) under `online(k=3.0)` (causal: it knows an alarm at the epoch" in text
+    assert "alarms before the event in 6 of 6 generalised runs, with a median lead of 200 epochs" in text
+    assert "% CI 200 to 200)" in text  # six equal leads
+    assert text.endswith("alarms on 0 of 6 controls and on 0 of 6 runs that never generalised.")
+    assert "no signal here warns of generalisation specifically" in warnings_summary(ranked, warnings.iloc[:0])
+    assert "no transition is announced" in warnings_summary(ranked.iloc[:0], warnings.iloc[:0])
+    check = held_out(alarms, runs, 1.0, 0.9, warnings_only=True)
     assert list(check["signal"]) == ["lucky", "steady"]  # chosen where lucky hits every run, not "loud"
     assert list(check["kept"]) == [False, True]
     assert "1 of the 2 warnings keep the budget, the hit rate and their quiet" in held_out_summary(check, 6)
 
 
-def test_by_fraction_counts_warnings_and_false_alarms_per_fraction():
+def test_a_warning_names_its_interval_coverage_and_whether_it_is_causal():
+    alarms, runs = held_out_tables(range(3))  # 3 leads: the interval is their range, below 95%
+    alarms["detector"] = "curvature(drop_factor=10.0, persistence=3)"
+    alarms.loc[alarms["run"] == "g1", "alarm_epoch"] = 900.0
+    evaluation = evaluate(alarms[alarms["signal"] == "steady"], runs)
+    text = warnings_summary(detector_table(evaluation), warning_table(evaluation))
+    assert "(causal: it knows an alarm at the epoch it falls on)" in text
+    assert "(75% CI 100 to 200)" in text
+    alarms["detector"] = "changepoint(cost=l2, method=pelt)"
+    evaluation = evaluate(alarms[alarms["signal"] == "steady"], runs)
+    assert "(not causal: it sees the whole run)" in warnings_summary(detector_table(evaluation),
+                                                                    warning_table(evaluation))
+
+
+def test_a_specific_knob_is_not_hidden_behind_a_louder_one_of_its_family():
+    alarms, runs = held_out_tables(range(6))
+    steady = alarms[alarms["signal"] == "steady"]
+    loud = steady.assign(detector="online(k=2.0)")  # same family, larger lead, alarms on every null run
+    loud.loc[loud["alarm_epoch"].isna(), "alarm_epoch"] = 500.0
+    loud.loc[loud["alarm_epoch"] == 800.0, "alarm_epoch"] = 700.0
+    evaluation = evaluate(pd.concat([steady, loud], ignore_index=True), runs)
+    assert list(detector_table(evaluation)["detector"]) == ["online(k=2.0)"]  # the louder knob wins the family
+    assert list(warning_table(evaluation)["detector"]) == ["online(k=3.0)"]
+
+
+def test_by_fraction_counts_warnings_and_false_alarms_per_fraction_and_length():
     alarms, runs = held_out_tables(range(4))
     runs["frac"] = [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]  # seeds 0, 1 at 50%; 2, 3 at 90%
+    runs.loc[runs["run"] == "n1", "epochs"] = 10000
+    runs.index = [0] * len(runs)  # duplicate labels (a concat without ignore_index) must not matter
     alarms.loc[alarms["run"] == "n0", "alarm_epoch"] = 300.0  # one never-generalised run alarms, at 50%
     t = by_fraction(alarms, runs, "lucky", "all", "online(k=3.0)")
-    assert list(t["frac"]) == [0.5, 0.9]
-    assert list(t["generalised"]) == [2, 2] and list(t["warned"]) == [1, 1]  # lucky leads on seeds 0 and 2 only
-    assert list(t["never_alarmed"]) == [1, 0] and list(t["never_generalised"]) == [2, 2]
-    assert list(t["controls_alarmed"]) == [0, 0] and list(t["controls"]) == [2, 2]
-    assert by_fraction_summary(t) == ("On the runs that never generalised it alarms in 1/2 at 50%, 0/2 at 90%; "
-                                      "and on 0 of 4 controls.")
-    assert by_fraction_summary(t.assign(never_generalised=0)).startswith("Every modular run generalised")
+    assert list(zip(t["frac"], t["epochs"])) == [(0.5, 2000), (0.5, 10000), (0.9, 2000)]
+    assert list(t["generalised"]) == [2, 0, 2] and list(t["warned"]) == [1, 0, 1]  # lucky leads on seeds 0, 2
+    assert list(t["never_generalised_alarmed"]) == [1, 0, 0] and list(t["never_generalised"]) == [1, 1, 2]
+    assert list(t["controls_alarmed"]) == [0, 0, 0] and list(t["controls"]) == [2, 0, 2]
+    assert by_fraction_summary(t) == ("On the runs that never generalised it alarms in 1/1 at 50% (2000 epochs), "
+                                      "0/1 at 50% (10000 epochs), 0/2 at 90% (2000 epochs); it alarms on 0 of 4 "
+                                      "controls.")
+    assert by_fraction_summary(t.assign(never_generalised=0)) == ("Every modular run it sees generalised; it alarms "
+                                                                  "on 0 of 4 controls.")
+
+
+def test_by_fraction_counts_only_the_runs_that_carry_the_signal():
+    alarms, runs = held_out_tables(range(4))
+    probed = alarms[alarms["run"].isin(["g0", "n0", "c0"])]  # a probed signal: one seed's runs only
+    t = by_fraction(probed, runs, "steady", "all", "online(k=3.0)")
+    assert (int(t["generalised"].sum()), int(t["never_generalised"].sum()), int(t["controls"].sum())) == (1, 1, 1)

@@ -43,11 +43,17 @@ def test_the_timing_build_gives_the_engine_builds_bits(bench):
 
 
 def test_phases_are_each_timed_and_add_up_within_the_call(bench):
-    """At p = 97 the phases are most of the call (the wrapper's checks and copies the rest), so a
-    phase counted twice would pass the call's time."""
+    """At p = 97, on one thread, the phases are nearly all of the call (the wrapper's checks, copies
+    and log the rest: about 5%), so a phase counted twice would pass the call's time, and one left
+    out would leave a large remainder. (The bounds are loose: timing, not a speed claim.)"""
     cfg = RunConfig(modulus=97, frac=0.7, seed=0, epochs=2, engine="reference")
     phases, whole = bench.phase_ms(cfg, 0.05)
     assert list(phases) == list(bench.PHASES)
     assert all(v > 0 for v in phases.values()), phases  # every phase runs (a train row range: all six)
-    assert sum(phases.values()) <= whole  # inside the timed call, and each phase counted once
-    assert set(bench.phase_flops(529, 264, 64, 23)) < set(bench.PHASES)  # the matmuls are phases
+    assert 0.5 * whole <= sum(phases.values()) <= whole, (phases, whole)
+
+
+def test_another_build_takes_only_defines(tmp_path):
+    with pytest.raises(ValueError, match="defines: .* allowed: -D flags only"):
+        kernels.build(tmp_path, ("-O0",))
+    assert not list(tmp_path.iterdir())  # refused before compiling

@@ -21,6 +21,7 @@ def test_the_own_model_example_runs_and_finds_the_step_it_describes():
     with contextlib.redirect_stdout(out):
         exec(compile(block("### Signals and detectors on your own model"), "README.md", "exec"), {})
     lines = out.getvalue().splitlines()
-    assert "converged=True" in lines[0]
+    assert lines[0].count("converged=True") == 2  # lambda_max and lambda_min
+    assert lines[-3].startswith("transition flagged at index ") and int(lines[-3].split()[4]) >= 300
     assert lines[-2].startswith("transition at index 300 ")
     assert lines[-1].startswith("no transition")

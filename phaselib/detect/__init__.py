@@ -26,7 +26,7 @@ def describe(result: Alarm | Sequence[Alarm] | ChangePoints | None, epochs: Sequ
             return f"{NO_TRANSITION} ({what}: {why})"
         return f"transition at {at(result.transition)} ({what}; {len(result.indices)} change point(s) in all)"
     if result is not None and not isinstance(result, Alarm):
-        alarms = list(result)
+        alarms = list(result) if isinstance(result, (list, tuple)) else [result]
         if not all(isinstance(a, Alarm) for a in alarms):
             raise TypeError(f"result: {type(result).__name__} of {[type(a).__name__ for a in alarms][:3]} is "
                             "invalid; allowed: an Alarm, None, a sequence of Alarms or ChangePoints")
