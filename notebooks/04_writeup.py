@@ -66,8 +66,9 @@ import matplotlib.pyplot as plt
 
 from phaselib import params, plots, published
 from phaselib.claims import PAPER_HORIZON, claims_table, operation_table, per_frac_lags
-from phaselib.detector_study import (CURVATURE, DEFAULT_DETECTORS, by_fraction, by_fraction_summary, held_out,
-                                     held_out_summary, scan_detectors, warning_table, warnings_summary)
+from phaselib.detector_study import (CURVATURE, DEFAULT_DETECTORS, baseline_sensitivity, baseline_summary, by_fraction,
+                                     by_fraction_summary, held_out, held_out_summary, scan_detectors, warning_table,
+                                     warnings_summary)
 from phaselib.signal_claims import alarm_table, fall_summary, fall_table, quality_totals, trace_check, verdicts
 from phaselib.evaluate import detector_table, evaluate, specific
 from phaselib.notebook import ensure, open_store, say, show
@@ -222,8 +223,11 @@ plt.show()
 # passes; so the second table keeps the rows that also stay quiet on most of those runs
 # (controls and never-generalised runs judged apart): the warnings (specificity is judged before
 # the better knob per signal is kept). For the best warning, a third table counts, per fraction
-# and run length, the transitions it warns of and the runs without one it alarms on (run length
-# matters: the online baseline is the first 10% of a run).
+# and run length, the transitions it warns of (with the median epochs of its first alarm and of
+# the event) and the runs without one it alarms on, where the specificity rule is applied again
+# fraction by fraction: pooled, fractions where nothing happens can hide ones where it fires.
+# Run length matters because the online baseline is the first 10% of a run, so for an online
+# warning a fourth table runs it again with a baseline of fixed length for every run.
 #
 # Each signal keeps the better of PELT's two costs, chosen on the same runs the table reports,
 # so the leads are optimistic; the held-out check after the tables measures by how much. PELT
@@ -232,7 +236,8 @@ plt.show()
 # between the two sections.
 
 # %% tags=["nbval-check-output"]
-det_alarms, det_runs = scan_detectors(store, [c for cs in groups.values() for c in cs] + probing, threshold=P.threshold)
+det_configs = [c for cs in groups.values() for c in cs] + probing
+det_alarms, det_runs = scan_detectors(store, det_configs, threshold=P.threshold)
 evaluation = evaluate(det_alarms, det_runs)
 ranked = detector_table(evaluation, max_false_alarm_rate=P.max_false_alarms, min_hit_rate=P.min_hit_rate)
 top = ranked.head(12)
@@ -264,6 +269,11 @@ if len(warning_rows):
     show(where, name="warning_by_fraction", out_dir=P.out_dir)
     where_said = f"Where the best warning, {best.signal} ({best.layer}), fires. {by_fraction_summary(where)}"
     say(where_said)
+    sensitivity = baseline_sensitivity(store, det_configs, best, threshold=P.threshold)
+    if sensitivity is not None:
+        show(sensitivity, name="warning_baseline", out_dir=P.out_dir)
+        where_said += " " + baseline_summary(sensitivity)
+        say(baseline_summary(sensitivity))
 
 # %% [markdown]
 # **Held out.** The tables choose their rows (the better PELT cost per signal, the budget, the

@@ -43,7 +43,8 @@ def runs_table(configs: Sequence[RunConfig], events: dict[str, float]) -> pd.Dat
 
 
 def _scan(store_path: str, configs: Sequence[RunConfig], threshold: float, detectors: Sequence[ev.DetectorSpec],
-          layers: Sequence[str]) -> tuple[pd.DataFrame, dict]:
+          layers: Sequence[str], signals: Sequence[str] = SIGNALS,
+          curvature: bool = True) -> tuple[pd.DataFrame, dict]:
     """Alarms and generalisation events of ``configs``, read one run at a time from the store."""
     store = RunStore(store_path)
     alarms, events = [], {}
@@ -51,16 +52,17 @@ def _scan(store_path: str, configs: Sequence[RunConfig], threshold: float, detec
         table = store.table([c])
         table = table[table["layer"].isin(list(layers))]
         events.update(ev.event_epochs(table, threshold=threshold))
-        alarms += [ev.alarms_for(table, d, SIGNALS) for d in detectors]
-        alarms.append(ev.alarms_for(table, CURVATURE, ["hessian_lmin"]))
+        alarms += [ev.alarms_for(table, d, list(signals)) for d in detectors]
+        if curvature:
+            alarms.append(ev.alarms_for(table, CURVATURE, ["hessian_lmin"]))
     alarms = [a for a in alarms if len(a)]
     return (pd.concat(alarms, ignore_index=True) if alarms else pd.DataFrame()), events
 
 
 def scan_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: float = 0.5,
                    detectors: Sequence[ev.DetectorSpec] = DEFAULT_DETECTORS,
-                   layers: Sequence[str] = ("all", "fc1", "fc2"),
-                   workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   layers: Sequence[str] = ("all", "fc1", "fc2"), workers: int | None = None,
+                   signals: Sequence[str] = SIGNALS, curvature: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every detector's alarms on ``configs`` and the runs table (events, seeds): what
     :func:`phaselib.evaluate.evaluate` scores, and what :func:`held_out` splits.
 
@@ -71,7 +73,8 @@ def scan_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: flo
     with the sweep. With ``workers`` > 1 the runs are split into that many contiguous chunks
     scanned by local processes (PELT in ruptures is pure Python: about 1 s per run of 2000
     epochs); the result does not depend on ``workers``. ``None``: one process below
-    :data:`PARALLEL_FROM` runs (starting processes costs seconds), else one per core.
+    :data:`PARALLEL_FROM` runs (starting processes costs seconds), else one per core. ``signals``
+    and ``curvature`` (the curvature detector on lambda_min) narrow the scan.
     """
     configs = list({c.key: c for c in configs}.values())
     twins = probe_twins(configs, configs)  # a plain run whose probed twin is here: the same base signals
@@ -81,7 +84,8 @@ def scan_detectors(store: RunStore, configs: Sequence[RunConfig], threshold: flo
     check_workers(workers)
     chunks = [list(c) for c in np.array_split(np.array(configs, dtype=object), min(workers, max(1, len(configs))))]
     chunks = [c for c in chunks if c]
-    args = [(str(store.path), c, threshold, tuple(detectors), tuple(layers)) for c in chunks]
+    args = [(str(store.path), c, threshold, tuple(detectors), tuple(layers), tuple(signals), curvature)
+            for c in chunks]
     if len(chunks) == 1:
         parts = [_scan(*args[0])]
     else:
@@ -213,9 +217,11 @@ def warnings_summary(ranked: pd.DataFrame, warnings: pd.DataFrame) -> str:
 def by_fraction(alarms: pd.DataFrame, runs: pd.DataFrame, signal: str, layer: str, detector: str) -> pd.DataFrame:
     """Where one (signal, layer, detector) fires, per training fraction and run length: the
     generalised modular runs it warns (first alarm before the event, a hit as in
-    :func:`phaselib.evaluate.evaluate`), and the never-generalised runs and controls it alarms on
-    at all. Only runs that carry the signal count (probed signals exist in probed runs alone).
-    Run length matters: the online baseline is the first 10% of a run."""
+    :func:`phaselib.evaluate.evaluate`), with the median epoch of their first alarm and of their
+    event (an alarm that keeps its epoch while the event moves is not tracking the event), and
+    the never-generalised runs and controls it alarms on at all. Only runs that carry the signal
+    count (probed signals exist in probed runs alone). Run length matters: the online baseline is
+    the first 10% of a run."""
     a = alarms[(alarms["signal"] == signal) & (alarms["layer"] == layer) & (alarms["detector"] == detector)]
     first = a.groupby("run")["alarm_epoch"].min()
     r = runs[runs["run"].isin(first.index)].reset_index(drop=True)
@@ -228,23 +234,87 @@ def by_fraction(alarms: pd.DataFrame, runs: pd.DataFrame, signal: str, layer: st
         m = (r["frac"] == frac) & (r["epochs"] == epochs)
         rows.append({"frac": frac, "epochs": epochs, "generalised": int((gen & m).sum()),
                      "warned": int((gen & m & (r["alarm"] < r["event_epoch"])).sum()),
+                     "median_alarm_epoch": r.loc[gen & m, "alarm"].median(),
+                     "median_event_epoch": r.loc[gen & m, "event_epoch"].median(),
                      "never_generalised": int((never & m).sum()),
                      "never_generalised_alarmed": int((never & m & r["alarm"].notna()).sum()),
                      "controls": int((control & m).sum()),
                      "controls_alarmed": int((control & m & r["alarm"].notna()).sum())})
-    return pd.DataFrame(rows, columns=["frac", "epochs", "generalised", "warned", "never_generalised",
-                                       "never_generalised_alarmed", "controls", "controls_alarmed"])
+    return pd.DataFrame(rows, columns=["frac", "epochs", "generalised", "warned", "median_alarm_epoch",
+                                       "median_event_epoch", "never_generalised", "never_generalised_alarmed",
+                                       "controls", "controls_alarmed"])
+
+
+def loud_fractions(table: pd.DataFrame, share: float = ev.NULL_SHARE) -> pd.DataFrame:
+    """The rows of :func:`by_fraction` where the detector alarms on at least ``share`` of the runs
+    that never generalised: the rule of :func:`phaselib.evaluate.specific`, applied per fraction
+    and run length instead of pooled (pooled, quiet fractions can hide loud ones)."""
+    return table[ev.fires_too_often(table["never_generalised_alarmed"], table["never_generalised"], share)]
 
 
 def by_fraction_summary(table: pd.DataFrame) -> str:
-    """One computed sentence on :func:`by_fraction`: the never-generalised runs alarmed per
-    fraction and run length, and the controls."""
+    """Computed sentences on :func:`by_fraction`: the never-generalised runs alarmed per fraction
+    and run length, the controls, the fractions where the specificity rule fails, and when the
+    first alarm and the event come on the generalised runs."""
     t = table[table["never_generalised"] > 0]
     n_controls = int(table["controls"].sum())
     controls = (f"it alarms on {int(table['controls_alarmed'].sum())} of {n_controls} controls" if n_controls
                 else "it sees no controls")
     if not len(t):
-        return f"Every modular run it sees generalised; {controls}."
-    parts = [f"{k}/{n} at {f:.0%} ({e} epochs)" for f, e, k, n in
-             zip(t["frac"], t["epochs"], t["never_generalised_alarmed"], t["never_generalised"])]
-    return "On the runs that never generalised it alarms in " + ", ".join(parts) + f"; {controls}."
+        text = f"Every modular run it sees generalised; {controls}."
+    else:
+        parts = [f"{k}/{n} at {f:.0%} ({e} epochs)" for f, e, k, n in
+                 zip(t["frac"], t["epochs"], t["never_generalised_alarmed"], t["never_generalised"])]
+        text = "On the runs that never generalised it alarms in " + ", ".join(parts) + f"; {controls}."
+        loud = loud_fractions(table)
+        if len(loud):
+            where = ", ".join(f"{f:.0%} ({e} epochs)" for f, e in zip(loud["frac"], loud["epochs"]))
+            text += (f" Judged fraction by fraction, it fires on at least half of the runs without a transition at "
+                     f"{where}: there it is not specific to generalisation.")
+    g = table[table["generalised"] > 0]
+    if len(g):
+        times = [f"{f:.0%} ({e} epochs): {'no alarm' if pd.isna(a) else f'{a:.0f}'} (event {v:.0f})" for f, e, a, v in
+                 zip(g["frac"], g["epochs"], g["median_alarm_epoch"], g["median_event_epoch"])]
+        text += " On the generalised runs, the median epoch of its first alarm, by fraction: " + "; ".join(times) + "."
+    return text
+
+
+def baseline_sensitivity(store: RunStore, configs: Sequence[RunConfig], row: pd.Series,
+                         baselines: Sequence[int] = (100, 200, 300), threshold: float = 0.5) -> pd.DataFrame | None:
+    """How an online warning's figures depend on its baseline: the detector of ``row`` (a row of
+    :func:`warning_table`) run again on ``configs`` with baselines of fixed length (in epochs, the
+    same for every run) instead of 10% of each run, beside its own. The 10% rule gives a
+    2000-epoch run a 200-epoch baseline and a 3000-epoch run 300. None unless the detector is one
+    of :data:`DEFAULT_DETECTORS`' online ones."""
+    spec = next((d for d in DEFAULT_DETECTORS if d.label == row["detector"] and d.name == "online"), None)
+    if spec is None:
+        return None
+    specs = [spec] + [ev.spec("online", **dict(spec.params), baseline=int(b)) for b in baselines]
+    layers = tuple(dict.fromkeys((row["layer"], "all")))  # "all" holds the test metric, hence the events
+    alarms, runs = scan_detectors(store, configs, threshold, specs, layers, signals=(row["signal"],), curvature=False)
+    e = ev.evaluate(alarms, runs).set_index(["detector", "layer"])
+    out = []
+    for b, d in zip(["10% of the run"] + [f"{int(b)} epochs" for b in baselines], specs):
+        x = e.loc[(d.label, row["layer"])]
+        out.append({"baseline": b, "hits": int(x["hits"]), "n_runs_generalised": int(x["n_runs_generalised"]),
+                    "median_lead": x["median_lead"], "lead_ci_low": x["lead_ci_low"], "lead_ci_high": x["lead_ci_high"],
+                    "null_runs_alarmed_control": int(x["null_runs_alarmed_control"]),
+                    "n_null_runs_control": int(x["n_null_runs_control"]),
+                    "null_runs_alarmed_never_generalised": int(x["null_runs_alarmed_never_generalised"]),
+                    "n_null_runs_never_generalised": int(x["n_null_runs_never_generalised"])})
+    return pd.DataFrame(out)
+
+
+def baseline_summary(table: pd.DataFrame | None) -> str:
+    """One computed sentence on :func:`baseline_sensitivity` (empty for a detector without a baseline)."""
+    if table is None or not len(table):
+        return ""
+    fixed = table.iloc[1:]
+    n_gen, n_never = int(table["n_runs_generalised"].iloc[0]), int(table["n_null_runs_never_generalised"].iloc[0])
+    varies = table[["hits", "null_runs_alarmed_never_generalised"]].nunique().max() > 1
+    return (f"With a baseline of {', '.join(fixed['baseline'].str.replace(' epochs', ''))} epochs for every run "
+            f"instead of 10% of each, it warns {', '.join(str(h) for h in fixed['hits'])} of {n_gen} generalised runs "
+            f"(median lead {', '.join(f'{v:.0f}' for v in fixed['median_lead'])} epochs) and alarms on "
+            f"{', '.join(str(k) for k in fixed['null_runs_alarmed_never_generalised'])} of {n_never} runs that never "
+            "generalised" + (": its figures depend on the baseline's length." if varies else
+                             ": its figures do not depend on the baseline's length here."))

@@ -63,6 +63,14 @@ def analyse_record(record: RunRecord, settings: Settings = Settings()) -> Analys
     return analyse(metric.index.to_numpy(), grads, metric.to_numpy(), settings)
 
 
+def late_rise(metric: np.ndarray, tail: float = 0.1) -> float:
+    """What the test metric gained over the last ``tail`` of the run: its last value minus its value
+    at 90% of the run (a run still climbing at its end has not settled, whatever its level)."""
+    if len(metric) < 2:
+        return float("nan")
+    return float(metric[-1] - metric[int((1 - tail) * (len(metric) - 1))])
+
+
 def summary_row(record: RunRecord, settings: Settings = Settings(), group: str = "") -> dict:
     """One row of ``summary.csv``: the run's identity, the paper's numbers and the verdict."""
     c = record.config
@@ -76,6 +84,7 @@ def summary_row(record: RunRecord, settings: Settings = Settings(), group: str =
         "generalisation_epoch": a.generalisation_epoch,
         "final_train_metric": float(record.series("train_metric").iloc[-1]),
         "final_test_metric": float(record.series("test_metric").iloc[-1]),
+        "late_test_rise": late_rise(record.series("test_metric").to_numpy()),
         "pearson_r": a.pearson_r, "pearson_p": a.pearson_p, "xcorr_lag": a.xcorr_lag,
     }
     for l in LAYERS:

@@ -145,6 +145,26 @@ def test_half_never_generalises_is_judged_per_horizon():
     assert _row(claims_table(soon), "at 50% the model never")["verdict"] == FAILS
 
 
+def test_never_generalising_is_not_shown_while_the_test_metric_still_climbs():
+    six = summary({0.5: [600, 700, 650, 640, 660, 610], 0.7: [190, 180, 220]}, gen={0.5: [False] * 6,
+                  0.7: [True] * 3}, epochs=3000)
+    six["late_test_rise"] = 0.002  # flat at the end: "never" holds at this horizon
+    assert _row(claims_table(six), "at 50% the model never")["verdict"] == HOLDS
+    six["late_test_rise"] = 0.04  # +4 points over the last 10%: still climbing
+    row = _row(claims_table(six), "at 50% the model never")
+    assert row["verdict"] == PARTLY
+    assert row["reason"].endswith("still rising in 6/6 runs (median +4.0% over the last 10%, to a final median of "
+                                  "5.0%): \"never\" is not shown")
+    six.loc[six.index[:4], "late_test_rise"] = 0.0  # 2 of 6 still rising: not most
+    assert _row(claims_table(six), "at 50% the model never")["verdict"] == HOLDS
+
+
+def test_late_rise_is_the_gain_over_the_last_tenth():
+    from phaselib.sweep import late_rise
+    assert late_rise(np.linspace(0.0, 1.0, 101)) == pytest.approx(0.1)
+    assert late_rise(np.full(50, 0.3)) == 0.0 and np.isnan(late_rise(np.array([0.5])))
+
+
 def test_half_lag_untestable_without_events_and_fails_when_negative():
     t = claims_table(summary({0.5: [600, 700]}, gen={0.5: [False, False]}))
     assert _row(t, "at 50% the gradient peak leads")["verdict"] == UNTESTABLE
@@ -210,7 +230,11 @@ def test_a_control_lag_set_by_the_skip_window_says_so():
     s.loc[s["run"] == "r0.7", "lag"] = 30  # a control that leads is a finding whatever the window
     assert _row(claims_table(s), "the regression control")["verdict"] == FAILS
     s.loc[s["run"] == "r0.7", "lag"] = -12
-    s.loc[s["run"] == "r0.7", "gnorm_search_start_epoch"] = 6
+    s.loc[s["run"] == "r0.7", "gnorm_search_start_epoch"] = 6  # its peak (12) is past the search start, but
+    reg = _row(claims_table(s), "the regression control")  # every metric transition (0) precedes the search
+    assert reg["verdict"] == UNTESTABLE and reg["reason"].startswith("every control's metric transition comes "
+                                                                     "before the first epoch the peak search sees")
+    s.loc[s["run"] == "r0.7", "metric_transition_epoch"] = 8  # this control could have shown a lead: measured
     assert "skipped early epochs" not in _row(claims_table(s), "the regression control")["reason"]
 
 

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from phaselib.config import RunConfig
-from phaselib.detector_study import (by_fraction, by_fraction_summary, evaluate_detectors, held_out, held_out_summary,
-                                     split_seeds, warning_table, warnings_summary)
+from phaselib.detector_study import (baseline_sensitivity, baseline_summary, by_fraction, by_fraction_summary,
+                                     evaluate_detectors, held_out, held_out_summary, loud_fractions, split_seeds,
+                                     warning_table, warnings_summary)
 from phaselib.evaluate import detector_table, evaluate
 from phaselib.record import RunRecord, tidy
 from phaselib.store import RunStore
@@ -171,11 +172,19 @@ def test_by_fraction_counts_warnings_and_false_alarms_per_fraction_and_length():
     assert list(t["generalised"]) == [2, 0, 2] and list(t["warned"]) == [1, 0, 1]  # lucky leads on seeds 0, 2
     assert list(t["never_generalised_alarmed"]) == [1, 0, 0] and list(t["never_generalised"]) == [1, 1, 2]
     assert list(t["controls_alarmed"]) == [0, 0, 0] and list(t["controls"]) == [2, 0, 2]
-    assert by_fraction_summary(t) == ("On the runs that never generalised it alarms in 1/1 at 50% (2000 epochs), "
-                                      "0/1 at 50% (10000 epochs), 0/2 at 90% (2000 epochs); it alarms on 0 of 4 "
-                                      "controls.")
-    assert by_fraction_summary(t.assign(never_generalised=0)) == ("Every modular run it sees generalised; it alarms "
-                                                                  "on 0 of 4 controls.")
+    assert t["median_alarm_epoch"].tolist()[::2] == [750.0, 750.0]  # alarms at 400 and 1100 (seeds 0, 1; 2, 3)
+    assert t["median_alarm_epoch"].isna().tolist() == [False, True, False]  # no generalised run at 10 000
+    assert t["median_event_epoch"].tolist()[::2] == [1000.0, 1000.0]
+    text = by_fraction_summary(t)
+    assert text.startswith("On the runs that never generalised it alarms in 1/1 at 50% (2000 epochs), 0/1 at 50% "
+                           "(10000 epochs), 0/2 at 90% (2000 epochs); it alarms on 0 of 4 controls.")
+    assert "Judged fraction by fraction, it fires on at least half of the runs without a transition at 50% " \
+           "(2000 epochs): there it is not specific" in text  # pooled it is quiet: 1 of 4
+    assert text.endswith("the median epoch of its first alarm, by fraction: 50% (2000 epochs): 750 (event 1000); "
+                         "90% (2000 epochs): 750 (event 1000).")
+    assert loud_fractions(t)["frac"].tolist() == [0.5]
+    assert by_fraction_summary(t.assign(never_generalised=0)).startswith("Every modular run it sees generalised; it "
+                                                                         "alarms on 0 of 4 controls.")
 
 
 def test_by_fraction_counts_only_the_runs_that_carry_the_signal():
@@ -183,3 +192,21 @@ def test_by_fraction_counts_only_the_runs_that_carry_the_signal():
     probed = alarms[alarms["run"].isin(["g0", "n0", "c0"])]  # a probed signal: one seed's runs only
     t = by_fraction(probed, runs, "steady", "all", "online(k=3.0)")
     assert (int(t["generalised"].sum()), int(t["never_generalised"].sum()), int(t["controls"].sum())) == (1, 1, 1)
+
+
+def test_baseline_sensitivity_reruns_the_online_warning_with_fixed_baselines(stored):
+    """The stored runs' grad norm steps up at epoch 250 of 600; a 100-epoch baseline (the 10% rule
+    gives 60) still sees a flat start, so both find the step, 150 epochs before the event at 400."""
+    store, configs = stored
+    from phaselib.detector_study import DEFAULT_DETECTORS
+    row = pd.Series({"signal": "grad_norm", "layer": "all", "detector": DEFAULT_DETECTORS[0].label})
+    t = baseline_sensitivity(store, configs, row, baselines=(100, 300))
+    assert list(t["baseline"]) == ["10% of the run", "100 epochs", "300 epochs"]
+    assert list(t["hits"][:2]) == [4, 4] and (t["n_runs_generalised"] == 4).all()
+    assert 100 <= t["median_lead"][0] <= 160 and 100 <= t["median_lead"][1] <= 160
+    assert t["hits"][2] == 0  # a baseline past the step: the step is the baseline, nothing to flag
+    assert baseline_summary(t).startswith("With a baseline of 100, 300 epochs for every run instead of 10% of each, "
+                                          "it warns 4, 0 of 4 generalised runs")
+    assert baseline_summary(t).endswith("its figures depend on the baseline's length.")
+    assert baseline_sensitivity(store, configs, row.replace({row["detector"]: "changepoint(cost=l2, method=pelt)"})) \
+        is None
