@@ -54,8 +54,8 @@ import matplotlib.pyplot as plt
 
 from phaselib import params, plots
 from phaselib.notebook import ensure, say, show
-from phaselib.signal_claims import (alarm_table, estimate_quality, fall_summary, fall_table, quality_totals,
-                                   trace_check, verdicts)
+from phaselib.signal_claims import (alarm_table, course, course_summary, estimate_quality, fall_summary, fall_table,
+                                   quality_totals, trace_check, verdicts)
 from phaselib.sweep import analyse_record, settings_of
 
 P = params.from_namespace(globals())
@@ -136,3 +136,14 @@ say(f"Judged on {n_mod} probed modular run(s) and {len(records) - n_mod} control
 falls = fall_table(records, "b_simple", P.threshold)
 show(falls.drop(columns=["task"]), name="b_simple_falls", out_dir=P.out_dir)
 say(f"B_simple: {fall_summary(falls)}.")
+
+# %% [markdown]
+# ## What λ_min does
+# The claim's rule fires on a tenfold drop or a zero crossing. From a negative start, a series
+# that decays towards zero does neither, however far it moves. Per run: λ_min at the first and
+# the last probe, how many times its magnitude shrinks between them, and whether it changes sign.
+
+# %% tags=["nbval-check-output"]
+lmin_course = course(records, "hessian_lmin", P.threshold)
+show(lmin_course.drop(columns=["task"]), name="lmin_course", out_dir=P.out_dir)
+say(f"{course_summary(lmin_course)}.")

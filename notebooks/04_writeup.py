@@ -69,7 +69,8 @@ from phaselib.claims import PAPER_HORIZON, claims_table, operation_table, per_fr
 from phaselib.detector_study import (CURVATURE, DEFAULT_DETECTORS, baseline_sensitivity, baseline_summary, by_fraction,
                                      by_fraction_summary, held_out, held_out_summary, scan_detectors, warning_table,
                                      warnings_summary)
-from phaselib.signal_claims import alarm_table, fall_summary, fall_table, quality_totals, trace_check, verdicts
+from phaselib.signal_claims import (alarm_table, course, course_summary, fall_summary, fall_table, quality_totals,
+                                   trace_check, verdicts)
 from phaselib.evaluate import detector_table, evaluate, specific
 from phaselib.notebook import ensure, open_store, say, show
 from phaselib.results import write_results
@@ -193,7 +194,9 @@ say(f"{len(probe_records)} probed runs; on the {len(probe_mod)} modular one(s), 
 signal_verdicts = verdicts(alarm_table(probe_records, P.threshold))
 show(signal_verdicts, name="signal_verdicts", out_dir=P.out_dir)
 say(f"Beside the verdicts, which judge steps and alarms, B_simple's gradual fall (notebook 03): "
-    f"{fall_summary(fall_table(probe_records, 'b_simple', P.threshold))}.")
+    f"{fall_summary(fall_table(probe_records, 'b_simple', P.threshold))}. And what λ_min does, which its rule "
+    f"(a tenfold drop or a zero crossing) cannot see from a negative start: "
+    f"{course_summary(course(probe_records, 'hessian_lmin', P.threshold))}.")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))

@@ -230,6 +230,44 @@ def fall_summary(falls: pd.DataFrame) -> str:
             f"{int((~gen).sum())} run(s) without a transition: {spread(falls.loc[~gen, 'largest fall (x)'])}")
 
 
+def course(records: Sequence[RunRecord], signal: str = "hessian_lmin", threshold: float = 0.5) -> pd.DataFrame:
+    """Per run: a probed signal's first and last finite values, how many times its magnitude shrinks
+    between them (``|first| / |last|``) and whether it changes sign. What a detector of drops and
+    zero crossings cannot see: a series that starts negative and decays towards zero."""
+    rows = []
+    for rec in records:
+        metric = rec.series("test_metric")
+        gi = generalisation_epoch(metric.to_numpy(), threshold)
+        s = rec.series(signal)
+        v = s[np.isfinite(s.to_numpy())].to_numpy()
+        if len(v) < 2:
+            continue
+        rows.append({"run": rec.config.label, "task": rec.config.task,
+                     "generalised": bool(rec.config.task == "modular" and gi is not None),
+                     "first": float(v[0]), "last": float(v[-1]),
+                     "magnitude shrinks (x)": abs(v[0]) / abs(v[-1]) if v[-1] != 0 else np.inf,
+                     "changes sign": bool(np.sign(v[0]) != np.sign(v[-1]))})
+    return pd.DataFrame(rows, columns=["run", "task", "generalised", "first", "last", "magnitude shrinks (x)",
+                                       "changes sign"])
+
+
+def course_summary(table: pd.DataFrame, name: str = "λ_min") -> str:
+    """One computed sentence on :func:`course`: the sign at the first probe, and how far the
+    magnitude shrinks by the last, in generalised runs against runs without a transition."""
+    if not len(table):
+        return f"{name}: no run with two probes"
+
+    def spread(f: pd.Series) -> str:
+        return (f"a median x{f.median():.1f} (x{f.min():.1f} to x{f.max():.1f})" if len(f) > 1 else
+                f"x{f.iloc[0]:.1f}" if len(f) else "– (no run)")
+    gen = table["generalised"]
+    return (f"{name} is negative at the first probe in {int((table['first'] < 0).sum())} of {len(table)} runs; from "
+            f"the first probe to the last its magnitude shrinks by {spread(table.loc[gen, 'magnitude shrinks (x)'])} "
+            f"in the {int(gen.sum())} generalised run(s) and by {spread(table.loc[~gen, 'magnitude shrinks (x)'])} in "
+            f"the {int((~gen).sum())} run(s) without a transition; it changes sign in "
+            f"{int(table['changes sign'].sum())} of {len(table)}")
+
+
 def _trace_z(t: pd.DataFrame) -> np.ndarray:
     """(Hutchinson trace - exact trace) / its standard error, at every probe that recorded both."""
     est = t[t["signal"] == "hessian_trace"].set_index("epoch")

@@ -5,9 +5,9 @@ import pytest
 from phaselib.claims import clopper_pearson
 from phaselib.config import RunConfig
 from phaselib.record import RunRecord, concat_tables, tidy
-from phaselib.signal_claims import (CLAIMS, FAILS, HOLDS, PARTLY, UNTESTABLE, alarm_table, estimate_quality,
-                                   fall_summary, fall_table, first_step, honest_shares, largest_fall, quality_totals, trace_check,
-                                   verdicts)
+from phaselib.signal_claims import (CLAIMS, FAILS, HOLDS, PARTLY, UNTESTABLE, alarm_table, course, course_summary,
+                                   estimate_quality, fall_summary, fall_table, first_step, honest_shares, largest_fall,
+                                   quality_totals, trace_check, verdicts)
 
 
 def record(task: str, event: int | None, lmin_drop: int | None, noise_drop: int | None, erank_jump: int | None,
@@ -253,3 +253,22 @@ def test_fall_summary_sets_generalised_runs_against_the_rest():
     assert "in the 2 generalised run(s): median x14.5 (x4.0 to x25.0)" in text
     assert "in the 2 run(s) without a transition: median x1.1 (x1.1 to x1.2)" in text  # the control counts here
     assert "in the 0 generalised run(s): no run" in fall_summary(falls[falls["event_epoch"].isna()])
+
+
+def test_course_shows_a_negative_series_decaying_to_zero_that_the_rule_cannot_see():
+    """λ_min from -0.5 decaying to -0.01 (x50 smaller) in a generalised run: the claim's rule (a
+    tenfold drop or a zero crossing) stays silent, the course shows the decay."""
+    rec = record("modular", 600, None, None, None)
+    t = rec.table
+    decay = t["signal"] == "hessian_lmin"
+    t.loc[decay, "value"] = -0.5 * np.exp(-np.log(50) * t.loc[decay, "epoch"] / t.loc[decay, "epoch"].max())
+    assert alarm_table([rec]).set_index("signal").loc["hessian_lmin", "alarm_epoch"] is None
+    flat = record("regression", None, None, None, None, seed=1)
+    c = course([rec, flat])
+    assert list(c["generalised"]) == [True, False] and not c["changes sign"].any()
+    assert c["magnitude shrinks (x)"].iloc[0] == pytest.approx(50.0) and 0.9 < c["magnitude shrinks (x)"].iloc[1] < 1.1
+    text = course_summary(c)
+    assert text.startswith("λ_min is negative at the first probe in 2 of 2 runs; from the first probe to the last its "
+                           "magnitude shrinks by x50.0 in the 1 generalised run(s) and by x")
+    assert text.endswith("in the 1 run(s) without a transition; it changes sign in 0 of 2")
+    assert course_summary(c.iloc[:0]) == "λ_min: no run with two probes"
