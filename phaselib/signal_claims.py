@@ -118,16 +118,26 @@ CLAIMS: tuple[SignalClaim, ...] = (
 ALARM_COLUMNS = ["run", "task", "claim", "signal", "alarm_epoch", "direction", "event_epoch", "lead", "supports"]
 
 
+def _event(rec: RunRecord, threshold: float) -> int | None:
+    """The run's generalisation event: the epoch from which its test metric stays at or above ``threshold``."""
+    metric = rec.series("test_metric")
+    gi = generalisation_epoch(metric.to_numpy(), threshold)
+    return None if gi is None else int(metric.index[gi])
+
+
+def _finite(rec: RunRecord, signal: str) -> pd.Series:
+    """A probed signal's finite values (a probe can give inf: B_simple at a zero gradient)."""
+    s = rec.series(signal)
+    return s[np.isfinite(s.to_numpy())]
+
+
 def alarm_table(records: Sequence[RunRecord], threshold: float = 0.5) -> pd.DataFrame:
     """One row per (run, claim): the alarm epoch and direction, the event epoch and the lead."""
     rows = []
     for rec in records:
-        metric = rec.series("test_metric")
-        gi = generalisation_epoch(metric.to_numpy(), threshold)
-        event = None if gi is None else int(metric.index[gi])
+        event = _event(rec, threshold)
         for c in CLAIMS:
-            s = rec.series(c.signal)
-            s = s[np.isfinite(s.to_numpy())]  # a probe can give inf (B_simple at a zero gradient)
+            s = _finite(rec, c.signal)
             idx, direction = c.detect(s.to_numpy()) if len(s) > 3 else (None, None)
             epoch = None if idx is None else int(s.index[idx])
             lead = (event - epoch) if (event is not None and epoch is not None) else None
@@ -202,11 +212,8 @@ def fall_table(records: Sequence[RunRecord], signal: str = "b_simple", threshold
     passes the threshold, is no cut-off); its peak and trough epochs, and the event."""
     rows = []
     for rec in records:
-        metric = rec.series("test_metric")
-        gi = generalisation_epoch(metric.to_numpy(), threshold)
-        event = None if gi is None else int(metric.index[gi])
-        s = rec.series(signal)
-        s = s[np.isfinite(s.to_numpy())]
+        event = _event(rec, threshold)
+        s = _finite(rec, signal)
         s = s.iloc[changepoint.transient_len(len(s)):]
         before = s[s.index < event] if event is not None and rec.config.task == "modular" else s
         factor, peak, trough = largest_fall(before.to_numpy())
@@ -236,14 +243,11 @@ def course(records: Sequence[RunRecord], signal: str = "hessian_lmin", threshold
     zero crossings cannot see: a series that starts negative and decays towards zero."""
     rows = []
     for rec in records:
-        metric = rec.series("test_metric")
-        gi = generalisation_epoch(metric.to_numpy(), threshold)
-        s = rec.series(signal)
-        v = s[np.isfinite(s.to_numpy())].to_numpy()
+        v = _finite(rec, signal).to_numpy()
         if len(v) < 2:
             continue
         rows.append({"run": rec.config.label, "task": rec.config.task,
-                     "generalised": bool(rec.config.task == "modular" and gi is not None),
+                     "generalised": bool(rec.config.task == "modular" and _event(rec, threshold) is not None),
                      "first": float(v[0]), "last": float(v[-1]),
                      "magnitude shrinks (x)": abs(v[0]) / abs(v[-1]) if v[-1] != 0 else np.inf,
                      "changes sign": bool(np.sign(v[0]) != np.sign(v[-1]))})
